@@ -1,0 +1,1 @@
+"""Data: synthetic rain, LMDB writing and shared LMDB environments."""
