@@ -1,0 +1,62 @@
+"""What ``erl-train`` and ``erl-test`` share: arguments, option checks, and the hand-over to BasicSR.
+
+The current directory is the root: ``experiments/``, ``results/`` and ``tb_logger/`` land there,
+as they would in a BasicSR checkout.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from erl_plugin.options import OptionsError, apply_overrides, load_options, validate_options
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """BasicSR's own arguments, plus ``--set`` for overrides that run no code."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-opt", required=True, help="path to the options YAML file")
+    parser.add_argument(
+        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
+    )
+    parser.add_argument("--auto_resume", action="store_true", help="resume from the latest training state")
+    parser.add_argument("--debug", action="store_true", help="BasicSR debug mode (frequent logs and saves)")
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an option, e.g. --set train.total_iter=1000 (repeatable; YAML values; "
+        "prefix the key with + to add a new one)",
+    )
+    return parser
+
+
+def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train: bool, prog: str) -> int:
+    """Check the options, then run a BasicSR pipeline on them with the current directory as root."""
+    parser = build_parser(prog, f"{'Train' if is_train else 'Test'} with BasicSR and erl_plugin.")
+    args = parser.parse_args(argv)
+    try:
+        opt = apply_overrides(load_options(args.opt), args.overrides, args.opt)
+        validate_options(opt, args.opt, is_train=is_train)
+    except OptionsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    flags = ["--launcher", args.launcher] + ["--auto_resume"] * args.auto_resume + ["--debug"] * args.debug
+    with tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
+        opt_path = args.opt
+        if args.overrides:
+            # BasicSR reads the options from a file and copies it into the experiment folder, so
+            # the file it gets is the resolved one.
+            opt_path = os.path.join(tmp, os.path.basename(args.opt))
+            with open(opt_path, "w", encoding="utf-8") as handle:
+                handle.write(f"# {args.opt} with --set {' --set '.join(args.overrides)}\n")
+                yaml.safe_dump(opt, handle, sort_keys=False)
+        sys.argv = [prog, "-opt", opt_path, *flags]
+        pipeline(os.getcwd())
+    return 0

@@ -1,0 +1,152 @@
+"""Reading, overriding and checking BasicSR options files before BasicSR sees them.
+
+BasicSR fails deep inside its pipeline on a misspelt network type or a missing dataset path, and
+its ``--force_yml`` applies overrides with ``exec``. Our entry points load the file here, apply
+``--set key.sub=value`` overrides (values parsed as YAML, no code runs), check it, and hand BasicSR
+the result.
+"""
+
+import copy
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+
+
+class OptionsError(ValueError):
+    """An options file or override that cannot work; the message names the file and the key."""
+
+
+def load_options(path: str) -> dict[str, Any]:
+    """Load a YAML options file as a plain dict."""
+    if not os.path.isfile(path):
+        raise OptionsError(f"{path}: options file not found")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            opt = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise OptionsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(opt, dict):
+        raise OptionsError(
+            f"{path}: expected a mapping of options at the top level, got {type(opt).__name__}"
+        )
+    return opt
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML value, where ``4e-4`` is a float (YAML 1.1 would read it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+    """Return a copy of ``opt`` with ``key.sub=value`` overrides applied.
+
+    The key must exist; prefix it with ``+`` to add a new one (``+path.pretrain_network_g=x.pth``).
+    Values are YAML scalars or flow collections (``4e-4``, ``true``, ``[1, 2]``, ``null``).
+
+    Example:
+        >>> apply_overrides({"train": {"total_iter": 10}}, ["train.total_iter=20"], "x.yml")
+        {'train': {'total_iter': 20}}
+    """
+    result = copy.deepcopy(dict(opt))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        create = key.startswith("+")
+        path = key.lstrip("+").strip().split(".")
+        if not sep or not all(path):
+            raise OptionsError(f"--set {override!r}: expected key.sub=value")
+        try:
+            value = _parse_value(text)
+        except yaml.YAMLError as error:
+            raise OptionsError(f"--set {override!r}: value is not valid YAML: {error}") from None
+        node: Any = result
+        for depth, part in enumerate(path):
+            where = ".".join(path[: depth + 1])
+            if not isinstance(node, dict):
+                raise OptionsError(
+                    f"--set {override!r}: {'.'.join(path[:depth])} in {source} is not a mapping"
+                )
+            last = depth == len(path) - 1
+            if part not in node and not (create and last):
+                allowed = ", ".join(sorted(map(str, node))) or "none"
+                hint = "; prefix the key with + to add it" if last else ""
+                raise OptionsError(
+                    f"--set {override!r}: {where} is not in {source} (keys there: {allowed}){hint}"
+                )
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+    return result
+
+
+def _registered(registry: Any) -> str:
+    return ", ".join(sorted(registry.keys()))
+
+
+def _check_registered(value: Any, registry: Any, where: str, what: str, source: str) -> None:
+    if value not in registry:
+        raise OptionsError(
+            f"{source}: {where}: {value!r} is not a registered {what}; registered: {_registered(registry)}"
+        )
+
+
+def _check_path(value: Any, where: str, source: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not os.path.exists(os.path.expanduser(value)):
+        raise OptionsError(
+            f"{source}: {where}: {value!r} does not exist (relative paths are resolved from {os.getcwd()})"
+        )
+
+
+def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
+    """Check what BasicSR would otherwise fail on deep inside its pipeline.
+
+    Checks the model, network and dataset types against BasicSR's registries, that every dataset
+    path, meta-info file and pretrained network exists, and that the sections the pipeline reads
+    are present.
+
+    Raises:
+        OptionsError: naming ``source``, the key and what is allowed.
+    """
+    required = ["name", "model_type", "datasets", "path"] + (["train"] if is_train else [])
+    for key in required:
+        if key not in opt:
+            raise OptionsError(f"{source}: missing top-level key {key!r} (required: {', '.join(required)})")
+    _check_registered(opt["model_type"], MODEL_REGISTRY, "model_type", "model", source)
+    networks = [key for key in opt if key.startswith("network_")]
+    if not networks:
+        raise OptionsError(f"{source}: no network_* section (e.g. network_g: {{type: MEMD}})")
+    for key in networks:
+        section = opt[key]
+        if not isinstance(section, dict) or "type" not in section:
+            raise OptionsError(f"{source}: {key}: expected a mapping with a 'type' key")
+        _check_registered(section["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
+    datasets = opt["datasets"]
+    if not isinstance(datasets, dict) or not datasets:
+        raise OptionsError(f"{source}: datasets: expected a mapping of phases (train, val, test_1, ...)")
+    for phase, dataset in datasets.items():
+        if not isinstance(dataset, dict) or "type" not in dataset:
+            raise OptionsError(f"{source}: datasets.{phase}: expected a mapping with a 'type' key")
+        _check_registered(dataset["type"], DATASET_REGISTRY, f"datasets.{phase}.type", "dataset", source)
+        for key, value in dataset.items():
+            if key.startswith("dataroot_") or key == "meta_info_file":
+                _check_path(value, f"datasets.{phase}.{key}", source)
+    for key, value in (opt["path"] or {}).items():
+        if key.startswith("pretrain_network_"):
+            _check_path(value, f"path.{key}", source)
+    if is_train and "total_iter" not in (opt["train"] or {}):
+        raise OptionsError(f"{source}: train.total_iter is missing")
+    val = opt.get("val") or {}
+    if not is_train and val.get("save_img") and "suffix" not in val:
+        raise OptionsError(f"{source}: val.suffix is missing (read when val.save_img is true; `suffix: ~` for none)")

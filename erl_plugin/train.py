@@ -1,0 +1,23 @@
+"""``erl-train`` / ``python -m erl_plugin.train``: BasicSR's training pipeline with the plugin loaded.
+
+Example:
+    erl-train -opt options/memd_demo.yml --set train.total_iter=200
+    torchrun --nproc_per_node=2 -m erl_plugin.train -opt options/memd_demo.yml --launcher pytorch
+"""
+
+import sys
+from collections.abc import Sequence
+
+from erl_plugin.entry import run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train from an options file; returns the exit status."""
+    # Imported here, after erl_plugin (through erl_plugin.entry) has patched basicsr.
+    from basicsr.train import train_pipeline
+
+    return run(train_pipeline, argv, is_train=True, prog="erl-train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
