@@ -1,0 +1,349 @@
+"""Write image LMDBs in BasicSR's format, staged so that a failure never leaves a partial result.
+
+The layout is the one basicsr's ``make_lmdb_from_imgs`` produces and ``paired_paths_from_lmdb`` /
+``LmdbBackend`` read: a folder ``<name>.lmdb`` holding ``data.mdb`` (key -> PNG bytes) and
+``meta_info.txt`` with one line ``<key>.png (<h>,<w>,<c>) <compress_level>`` per image.
+
+Everything is written into a temporary sibling folder, re-opened read-only and verified, and only
+then renamed to the final name (see :func:`staged_directory`).
+
+Example:
+    >>> write_image_lmdb([("0001", "rain-1.png"), ("0002", "rain-2.png")], "train/lq.lmdb")
+    2
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import lmdb
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+__all__ = [
+    "ImageFileError",
+    "read_image",
+    "staged_directory",
+    "write_image_lmdb",
+    "write_paired_lmdb",
+]
+
+# LMDB files are sparse on Linux, so a generous first guess costs nothing; the map doubles on demand.
+_INITIAL_MAP_SIZE = 256 * 1024**2
+# A write transaction is committed every this many images or bytes, which bounds memory use.
+_COMMIT_EVERY_ITEMS = 256
+_COMMIT_EVERY_BYTES = 64 * 1024**2
+_MAX_KEY_BYTES = 511  # LMDB's default maximum key size
+
+ImageCheck = Callable[[str, str, np.ndarray], None]
+
+
+class ImageFileError(ValueError):
+    """An image file is missing, empty, undecodable or truncated."""
+
+
+def read_image(path: str | os.PathLike[str], flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode an image file with OpenCV, rejecting empty, corrupt and truncated files.
+
+    OpenCV may decode a truncated file partially without complaint, so files Pillow can parse are also
+    fully decoded by Pillow as a second opinion on completeness.
+
+    Args:
+        path: Image file.
+        flags: ``cv2.imdecode`` flags. Default: ``cv2.IMREAD_UNCHANGED``.
+
+    Returns:
+        The decoded array as OpenCV returns it (BGR channel order for colour images).
+
+    Raises:
+        ImageFileError: If the file cannot be read, is empty, cannot be decoded or is truncated.
+    """
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise ImageFileError(f"cannot read image file {file}: {error.strerror or error}") from None
+    if not data:
+        raise ImageFileError(f"image file {file} is empty (0 bytes)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None or image.size == 0:
+        raise ImageFileError(f"image file {file} cannot be decoded (not an image, or corrupt)")
+    try:
+        pil_image = Image.open(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError):
+        return image  # a format Pillow does not know; OpenCV's decode is all we have
+    with pil_image:
+        try:
+            pil_image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageFileError(f"image file {file} is truncated or corrupt ({error})") from None
+    return image
+
+
+@contextmanager
+def staged_directory(final: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``final`` that becomes ``final`` when the block succeeds.
+
+    The temporary folder is ``<final>.tmp-<pid>``. If the block raises (KeyboardInterrupt included) it
+    is deleted and ``final`` is left as it was. An existing ``final`` is replaced only on success.
+
+    Args:
+        final: Folder to create.
+        overwrite: Replace an existing non-empty ``final``. An existing empty folder is always replaced.
+
+    Raises:
+        FileExistsError: If ``final`` is a file, or a non-empty folder and ``overwrite`` is False.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} exists and is not a folder; remove it or choose another path")
+    if final.is_dir() and any(final.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{final} already exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    # Only an earlier process with this same pid can have left this folder behind.
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        yield temporary
+        if final.exists():
+            previous = final.with_name(f"{final.name}.old-{os.getpid()}")
+            os.rename(final, previous)
+            try:
+                os.rename(temporary, final)
+            except BaseException:
+                os.rename(previous, final)
+                raise
+            shutil.rmtree(previous)
+        else:
+            os.rename(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def write_image_lmdb(
+    items: Iterable[tuple[str, str | os.PathLike[str]]],
+    lmdb_path: str | os.PathLike[str],
+    *,
+    compress_level: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Write images into a BasicSR LMDB, streaming one image at a time.
+
+    Each image is read with ``cv2.IMREAD_UNCHANGED`` and stored PNG-encoded, so values decode to the
+    original pixels exactly.
+
+    Args:
+        items: ``(key, image_path)`` pairs. Keys must be unique, non-empty ASCII without ``.`` or
+            whitespace (BasicSR recovers the key as the text before the first ``.`` of a meta line).
+        lmdb_path: Output folder; must end with ``.lmdb``.
+        compress_level: PNG compression level, 0-9. Default: 1 (as BasicSR).
+        overwrite: Replace an existing non-empty ``lmdb_path`` (only once the new one is verified).
+            Default: False.
+        progress: Show a tqdm progress bar. Default: True.
+
+    Returns:
+        Number of images written.
+
+    Raises:
+        ValueError: For a bad key, path, compression level, or no items.
+        ImageFileError: For an image that cannot be read.
+        FileExistsError: If ``lmdb_path`` exists and ``overwrite`` is False.
+    """
+    lmdb_path = os.fspath(lmdb_path)
+    _check_lmdb_path(lmdb_path)
+    _check_compress_level(compress_level)
+    total = len(items) if isinstance(items, Sequence) else None
+    with staged_directory(lmdb_path, overwrite=overwrite) as temporary:
+        lines = _build_lmdb(items, temporary, compress_level, progress, total, None, lmdb_path)
+        _verify_lmdb(temporary, lines)
+    return len(lines)
+
+
+def write_paired_lmdb(
+    pairs: Sequence[tuple[str, str | os.PathLike[str], str | os.PathLike[str]]],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[str, str]:
+    """Write ``out_dir/lq.lmdb`` and ``out_dir/gt.lmdb`` with the same keys, for ``PairedImageDataset``.
+
+    Both LMDBs are staged and verified before either appears under its final name.
+
+    Args:
+        pairs: ``(key, lq_path, gt_path)`` triples; key rules as in :func:`write_image_lmdb`.
+        out_dir: Folder that receives ``lq.lmdb`` and ``gt.lmdb`` (created if missing).
+        overwrite: Replace existing LMDBs. Default: False.
+        progress: Show tqdm progress bars. Default: True.
+
+    Returns:
+        Paths of the lq and gt LMDBs.
+
+    Raises:
+        ValueError: For a bad key, no pairs, or a pair whose images differ in height/width.
+        ImageFileError: For an image that cannot be read.
+        FileExistsError: If an LMDB exists and ``overwrite`` is False.
+    """
+    lq_path = os.path.join(out_dir, "lq.lmdb")  # str even when out_dir is a Path
+    gt_path = os.path.join(out_dir, "gt.lmdb")
+    lq_sizes: dict[str, tuple[str, tuple[int, int]]] = {}
+
+    def record_lq(key: str, path: str, image: np.ndarray) -> None:
+        lq_sizes[key] = (path, image.shape[:2])
+
+    def check_gt(key: str, path: str, image: np.ndarray) -> None:
+        lq_file, lq_hw = lq_sizes[key]
+        if image.shape[:2] != lq_hw:
+            raise ValueError(
+                f"pair {key!r}: lq {lq_file} is {lq_hw[0]}x{lq_hw[1]} but gt {path} is "
+                f"{image.shape[0]}x{image.shape[1]} (height x width must match)"
+            )
+
+    with (
+        staged_directory(lq_path, overwrite=overwrite) as lq_temporary,
+        staged_directory(gt_path, overwrite=overwrite) as gt_temporary,
+    ):
+        lq_items = [(key, lq) for key, lq, _ in pairs]
+        gt_items = [(key, gt) for key, _, gt in pairs]
+        lq_lines = _build_lmdb(lq_items, lq_temporary, 1, progress, len(pairs), record_lq, lq_path)
+        gt_lines = _build_lmdb(gt_items, gt_temporary, 1, progress, len(pairs), check_gt, gt_path)
+        _verify_lmdb(lq_temporary, lq_lines)
+        _verify_lmdb(gt_temporary, gt_lines)
+    return lq_path, gt_path
+
+
+def _check_lmdb_path(lmdb_path: str) -> None:
+    if not lmdb_path.endswith(".lmdb"):
+        raise ValueError(f"lmdb_path must end with '.lmdb' (BasicSR requires it), got {lmdb_path!r}")
+
+
+def _check_compress_level(compress_level: int) -> None:
+    if not isinstance(compress_level, int) or not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be an integer in 0..9, got {compress_level!r}")
+
+
+def _check_key(key: object, seen: set[str]) -> str:
+    allowed = "keys must be non-empty ASCII strings without '.' or whitespace"
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"invalid LMDB key {key!r}: {allowed}")
+    if not key.isascii() or "." in key or any(char.isspace() for char in key):
+        raise ValueError(f"invalid LMDB key {key!r}: {allowed}")
+    if len(key) > _MAX_KEY_BYTES:
+        raise ValueError(f"invalid LMDB key {key[:20]!r}...: longer than {_MAX_KEY_BYTES} characters")
+    if key in seen:
+        raise ValueError(f"duplicate LMDB key {key!r}: keys must be unique")
+    seen.add(key)
+    return key
+
+
+def _build_lmdb(
+    items: Iterable[tuple[str, str | os.PathLike[str]]],
+    folder: Path,
+    compress_level: int,
+    progress: bool,
+    total: int | None,
+    on_image: ImageCheck | None,
+    name: str,
+) -> list[str]:
+    """Fill an LMDB in ``folder`` (to become ``name``) and write its meta_info.txt; returns the meta lines."""
+    seen: set[str] = set()
+    lines: list[str] = []
+    pending: list[tuple[bytes, bytes, str]] = []
+    pending_bytes = 0
+    env = lmdb.open(str(folder), map_size=_INITIAL_MAP_SIZE, meminit=False)
+    try:
+        with (
+            open(folder / "meta_info.txt", "w", encoding="ascii", newline="\n") as meta,
+            tqdm(total=total, unit="img", desc=f"LMDB {name}", disable=not progress) as bar,
+        ):
+            for key, path in items:
+                key = _check_key(key, seen)
+                image = read_image(path)
+                if on_image is not None:
+                    on_image(key, str(path), image)
+                ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+                if not ok:
+                    raise ImageFileError(f"image file {path} cannot be encoded as PNG")
+                height, width = image.shape[:2]
+                channels = 1 if image.ndim == 2 else image.shape[2]
+                line = f"{key}.png ({height},{width},{channels}) {compress_level}\n"
+                pending.append((key.encode("ascii"), encoded.tobytes(), line))
+                pending_bytes += encoded.nbytes
+                if len(pending) >= _COMMIT_EVERY_ITEMS or pending_bytes >= _COMMIT_EVERY_BYTES:
+                    _commit(env, pending, meta, lines)
+                    pending, pending_bytes = [], 0
+                bar.update(1)
+            _commit(env, pending, meta, lines)
+        if not lines:
+            raise ValueError(f"no images given for {name}: an LMDB needs at least one")
+        env.sync()
+    finally:
+        env.close()
+    return lines
+
+
+def _commit(
+    env: lmdb.Environment, pending: list[tuple[bytes, bytes, str]], meta: TextIO, lines: list[str]
+) -> None:
+    """Put ``pending`` in one transaction (doubling the map size until it fits), then log its lines."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value, _ in pending:
+                    txn.put(key, value)
+            break
+        except lmdb.MapFullError:
+            env.set_mapsize(env.info()["map_size"] * 2)
+    for _, _, line in pending:
+        meta.write(line)
+        lines.append(line)
+
+
+def _verify_lmdb(folder: Path, lines: list[str]) -> None:
+    """Check meta_info.txt matches ``lines`` and every key decodes to an image of the recorded shape."""
+    with open(folder / "meta_info.txt", encoding="ascii") as meta:
+        if meta.readlines() != lines:
+            raise RuntimeError(
+                f"verification of {folder} failed: meta_info.txt differs from what was written"
+            )
+    # py-lmdb refuses a second handle on one environment per process, so this one is closed before
+    # the folder is renamed and handed to readers.
+    env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False)
+    try:
+        if env.stat()["entries"] != len(lines):
+            raise RuntimeError(
+                f"verification of {folder} failed: {env.stat()['entries']} entries, expected {len(lines)}"
+            )
+        with env.begin() as txn:
+            for line in lines:
+                name, shape, _ = line.split(" ")
+                key = name[: -len(".png")]
+                value = txn.get(key.encode("ascii"))
+                image = (
+                    None
+                    if value is None
+                    else cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+                )
+                if image is None:
+                    raise RuntimeError(f"verification of {folder} failed: key {key!r} is missing or corrupt")
+                channels = 1 if image.ndim == 2 else image.shape[2]
+                if f"({image.shape[0]},{image.shape[1]},{channels})" != shape:
+                    raise RuntimeError(
+                        f"verification of {folder} failed: key {key!r} decodes to {image.shape}, "
+                        f"meta_info.txt says {shape}"
+                    )
+    finally:
+        env.close()
