@@ -1,0 +1,198 @@
+"""Derain a paired test folder with a trained network, score it and show it.
+
+Scores use the ``basicsr`` protocol: BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on the Y
+channel (MATLAB-style YCbCr, 11x11 Gaussian SSIM), no border crop. Every printed or written number
+names it.
+"""
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from basicsr.archs import build_network
+from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.utils import img2tensor, tensor2img
+from torch import nn
+
+from erl_plugin.options import OptionsError, load_options
+
+PROTOCOL = "basicsr"
+PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One test image: its name, the rainy input and the clean target (file paths)."""
+
+    name: str
+    rainy: str
+    clean: str
+
+
+@dataclass(frozen=True)
+class Score:
+    """PSNR (dB) and SSIM of one image against its clean target, ``basicsr`` protocol."""
+
+    psnr: float
+    ssim: float
+
+
+def rain100h_pairs(folder: str) -> list[Pair]:
+    """Pairs ``rain-N.png`` with ``norain-N.png`` in ``folder`` (the RainTrainH layout), by N.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing, holds no ``rain-N`` image, or one has no clean twin.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: not a directory")
+    pattern = re.compile(r"^rain-(\d+)\.(png|jpg|jpeg|bmp)$", re.IGNORECASE)
+    pairs = []
+    for name in os.listdir(folder):
+        match = pattern.match(name)
+        if match:
+            clean = os.path.join(folder, f"no{name}")
+            if not os.path.isfile(clean):
+                raise FileNotFoundError(f"{os.path.join(folder, name)} has no clean image {clean}")
+            pairs.append(
+                (int(match.group(1)), Pair(f"rain-{match.group(1)}", os.path.join(folder, name), clean))
+            )
+    if not pairs:
+        raise FileNotFoundError(f"{folder}: no rain-N.png / norain-N.png pairs")
+    return [pair for _, pair in sorted(pairs)]
+
+
+def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> nn.Module:
+    """Build ``network_g`` from an options file and load a BasicSR checkpoint into it (eval mode)."""
+    opt = load_options(opt_path)
+    if "network_g" not in opt:
+        raise OptionsError(f"{opt_path}: no network_g section")
+    net = build_network(dict(opt["network_g"]))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if param_key not in state:
+        raise KeyError(f"{checkpoint}: no {param_key!r} in the checkpoint (keys: {', '.join(state)})")
+    net.load_state_dict(state[param_key])
+    return net.eval()
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read a BGR uint8 image; raise naming the file if it cannot be decoded."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: cannot be read as an image")
+    return image
+
+
+@torch.no_grad()
+def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:
+    """Derain one BGR uint8 image of any size; returns a BGR uint8 image of the same size."""
+    device = next(net.parameters()).device
+    tensor = img2tensor(image.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
+    return tensor2img(net(tensor.to(device)).clamp_(0, 1).cpu(), rgb2bgr=True, min_max=(0, 1))
+
+
+def score(image: np.ndarray, clean: np.ndarray) -> Score:
+    """Score a BGR uint8 image against its clean target with the ``basicsr`` protocol."""
+    return Score(
+        psnr=float(calculate_psnr(image, clean, crop_border=0, test_y_channel=True)),
+        ssim=float(calculate_ssim(image, clean, crop_border=0, test_y_channel=True)),
+    )
+
+
+def mean_score(scores: Sequence[Score]) -> Score:
+    """Average PSNR and SSIM over images."""
+    return Score(float(np.mean([s.psnr for s in scores])), float(np.mean([s.ssim for s in scores])))
+
+
+def side_by_side(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], width: int = 256) -> np.ndarray:
+    """Tile images into one BGR picture: one row per image, one labelled column per version.
+
+    Each image is resized to ``width`` pixels wide (keeping its aspect ratio).
+    """
+    tiles = []
+    for images in rows:
+        height = max(round(image.shape[0] * width / image.shape[1]) for image in images)
+        tiles.append(
+            np.hstack([cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in images])
+        )
+    header = np.full((28, width * len(labels), 3), 255, np.uint8)
+    for column, label in enumerate(labels):
+        cv2.putText(
+            header, label, (column * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return np.vstack([header, *tiles])
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Write an image, creating its folder; raise naming the file if encoding fails."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, image):
+        raise OSError(f"{path}: could not write the image")
+
+
+def write_scores_csv(path: str, names: Sequence[str], columns: dict[str, Sequence[Score]]) -> None:
+    """Per-image scores, one column pair per version, with the protocol in every header."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        header = ["image"]
+        for version in columns:
+            header += [f"{version} PSNR ({PROTOCOL})", f"{version} SSIM ({PROTOCOL})"]
+        writer.writerow(header)
+        for index, name in enumerate(names):
+            row: list[str | float] = [name]
+            for scores in columns.values():
+                row += [f"{scores[index].psnr:.4f}", f"{scores[index].ssim:.4f}"]
+            writer.writerow(row)
+
+
+def format_table(title: str, means: dict[str, Score]) -> str:
+    """A Markdown table of mean PSNR/SSIM per version, headed by the protocol."""
+    lines = [
+        f"{title}, protocol {PROTOCOL} ({PROTOCOL_DESCRIPTION})",
+        "",
+        f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {version} | {s.psnr:.2f} | {s.ssim:.4f} |" for version, s in means.items()]
+    return "\n".join(lines)
+
+
+def evaluate(
+    opt_path: str, checkpoint: str, data_dir: str, out_dir: str, label: str = "derained", show: int = 4
+) -> dict[str, Score]:
+    """Derain every pair of a RainTrainH-layout folder and report against the rainy input.
+
+    Writes ``out_dir/scores.csv`` (per image), ``out_dir/summary.md`` (the table) and
+    ``out_dir/comparison.png`` (rainy | derained | clean for ``show`` images spread over the set).
+
+    Returns:
+        Mean scores for ``"rainy input"`` and for ``label``.
+    """
+    net = load_network(opt_path, checkpoint)
+    pairs = rain100h_pairs(data_dir)
+    shown = set(np.linspace(0, len(pairs) - 1, min(show, len(pairs))).round().astype(int).tolist())
+    rainy_scores, derained_scores, rows = [], [], []
+    for index, pair in enumerate(pairs):
+        rainy, clean = read_image(pair.rainy), read_image(pair.clean)
+        if rainy.shape != clean.shape:
+            raise ValueError(f"{pair.rainy} is {rainy.shape[:2]} but {pair.clean} is {clean.shape[:2]}")
+        derained = derain(net, rainy)
+        rainy_scores.append(score(rainy, clean))
+        derained_scores.append(score(derained, clean))
+        if index in shown:
+            rows.append((rainy, derained, clean))
+    names = [pair.name for pair in pairs]
+    write_scores_csv(
+        os.path.join(out_dir, "scores.csv"), names, {"rainy": rainy_scores, label: derained_scores}
+    )
+    write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", label, "clean"]))
+    means = {"rainy input": mean_score(rainy_scores), label: mean_score(derained_scores)}
+    title = f"{data_dir} ({len(pairs)} pairs)"
+    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
+        handle.write(format_table(title, means) + "\n")
+    return means

@@ -1,0 +1,135 @@
+"""Shared fixtures: a tiny paired LMDB, tiny training options, and subprocess helpers.
+
+Training, torchrun and the start-up hook run in subprocesses, as users run them: each gets a fresh
+interpreter, so compat patches, registries and py-lmdb's process state start clean.
+"""
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from erl_plugin.data.lmdb_writer import write_paired_lmdb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` with this interpreter; stdout and stderr are captured as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    """A TCP port on localhost that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth colour image: blurred noise, so a network has structure to restore."""
+    noise = rng.random((size // 4, size // 4, 3)).astype(np.float32)
+    return (cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
+
+
+def _rainy(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bright diagonal streaks over ``clean``."""
+    rainy = clean.copy()
+    for _ in range(12):
+        x, y = rng.integers(0, clean.shape[1]), rng.integers(0, clean.shape[0])
+        cv2.line(rainy, (int(x), int(y)), (int(x) + 4, int(y) + 14), (235, 235, 235), 1)
+    return rainy
+
+
+@pytest.fixture(scope="session")
+def tiny_lmdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Train and test splits (6 and 2 pairs of 48x48 images) as BasicSR paired LMDBs."""
+    root = tmp_path_factory.mktemp("tiny_rain")
+    rng = np.random.default_rng(0)
+    result = {}
+    for split, count in (("train", 6), ("test", 2)):
+        folder = root / split / "images"
+        folder.mkdir(parents=True)
+        pairs = []
+        for index in range(count):
+            clean = _scene(rng, 48)
+            cv2.imwrite(str(folder / f"norain-{index}.png"), clean)
+            cv2.imwrite(str(folder / f"rain-{index}.png"), _rainy(clean, rng))
+            pairs.append(
+                (f"{index:04d}", str(folder / f"rain-{index}.png"), str(folder / f"norain-{index}.png"))
+            )
+        lq, gt = write_paired_lmdb(pairs, root / split, progress=False)
+        result[f"{split}_lq"], result[f"{split}_gt"] = str(lq), str(gt)
+    return result
+
+
+def tiny_options(data: dict[str, str], name: str = "tiny", total_iter: int = 2) -> dict[str, Any]:
+    """Options for a seconds-long MEMD training on ``tiny_lmdb``, validating at the end."""
+    return {
+        "name": name,
+        "model_type": "SRModel",
+        "scale": 1,
+        "num_gpu": 0,
+        "manual_seed": 0,
+        "datasets": {
+            "train": {
+                "name": "tiny_train",
+                "type": "PairedImageDataset",
+                "dataroot_gt": data["train_gt"],
+                "dataroot_lq": data["train_lq"],
+                "io_backend": {"type": "lmdb"},
+                "gt_size": 32,
+                "use_hflip": True,
+                "use_rot": False,
+                "num_worker_per_gpu": 0,
+                "batch_size_per_gpu": 2,
+                "dataset_enlarge_ratio": 1,
+            },
+            "val": {
+                "name": "tiny_test",
+                "type": "PairedImageDataset",
+                "dataroot_gt": data["test_gt"],
+                "dataroot_lq": data["test_lq"],
+                "io_backend": {"type": "lmdb"},
+            },
+        },
+        "network_g": {"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4},
+        "path": {"pretrain_network_g": None, "strict_load_g": True, "resume_state": None},
+        "train": {
+            "optim_g": {"type": "Adam", "lr": 1e-3},
+            "scheduler": {"type": "MultiStepLR", "milestones": [1000], "gamma": 0.5},
+            "total_iter": total_iter,
+            "warmup_iter": -1,
+            "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"},
+        },
+        "val": {
+            "val_freq": total_iter,
+            "save_img": False,
+            "metrics": {"psnr": {"type": "calculate_psnr", "crop_border": 0, "test_y_channel": True}},
+        },
+        "logger": {"print_freq": 1, "save_checkpoint_freq": total_iter, "use_tb_logger": False},
+    }
+
+
+def write_options(folder: Path, opt: dict[str, Any], filename: str = "opt.yml") -> Path:
+    """Write options as YAML into ``folder`` and return the file's path."""
+    path = folder / filename
+    path.write_text(yaml.safe_dump(copy.deepcopy(opt), sort_keys=False))
+    return path

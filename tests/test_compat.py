@@ -1,0 +1,107 @@
+"""Each compat patch fixes a real failure of basicsr 1.4.2 here, and that failure comes back without it.
+
+Every scenario runs in a fresh interpreter, once as is and once with the patch switched off through
+``ERL_PLUGIN_COMPAT_DISABLE``.
+"""
+
+from pathlib import Path
+
+import pytest
+from conftest import free_port, run_python, tiny_options, write_options
+
+from erl_plugin import compat
+
+DISABLE = compat.DISABLE_ENV
+
+
+def test_patch_names_are_documented() -> None:
+    for name in compat.PATCH_NAMES:
+        assert name in compat.__doc__
+
+
+def test_unknown_patch_name_is_refused(tmp_path: Path) -> None:
+    result = run_python(["-c", "import erl_plugin"], tmp_path, {DISABLE: "no_such_patch"})
+    assert result.returncode != 0
+    assert "no_such_patch" in result.stderr and "functional_tensor" in result.stderr
+
+
+def test_functional_tensor(tmp_path: Path) -> None:
+    code = "import erl_plugin, basicsr.data.degradations; print('ok')"
+    assert run_python(["-c", code], tmp_path).stdout.strip() == "ok"
+    broken = run_python(["-c", code], tmp_path, {DISABLE: "functional_tensor", "ERL_PLUGIN_NO_HOOK": "1"})
+    assert "No module named 'torchvision.transforms.functional_tensor'" in broken.stderr
+
+
+DIST_CODE = """
+import erl_plugin, torch, torch.distributed as dist
+from basicsr.models.base_model import BaseModel
+from basicsr.utils.dist_util import init_dist
+init_dist("pytorch")
+print("backend", dist.get_backend())
+model = BaseModel({"num_gpu": 0, "is_train": False, "dist": True})
+print("wrapped", type(model.model_to_device(torch.nn.Linear(2, 2))).__name__)
+dist.destroy_process_group()
+"""
+
+
+def _dist_env(disable: str = "") -> dict[str, str]:
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = str(free_port())
+    if disable:
+        env[DISABLE] = disable
+    return env
+
+
+def test_dist_init_and_ddp_on_cpu(tmp_path: Path) -> None:
+    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env())
+    assert result.returncode == 0, result.stderr
+    assert "backend gloo" in result.stdout
+    assert "wrapped DistributedDataParallel" in result.stdout
+
+
+def test_dist_init_fails_without_patch(tmp_path: Path) -> None:
+    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env("dist_init_cpu"))
+    assert result.returncode != 0
+    assert "ZeroDivisionError" in result.stderr
+
+
+def test_ddp_fails_without_patch(tmp_path: Path) -> None:
+    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env("ddp_cpu"))
+    assert "backend gloo" in result.stdout
+    assert result.returncode != 0
+    assert "wrapped" not in result.stdout
+
+
+@pytest.mark.slow
+def test_resume_on_cpu(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, total_iter=2))
+    first = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+    assert first.returncode == 0, first.stderr
+    more = ["--auto_resume", "--set", "train.total_iter=4"]
+    broken = run_python(
+        ["-m", "erl_plugin.train", "-opt", str(opt_file), *more], tmp_path, {DISABLE: "resume_cpu"}
+    )
+    assert broken.returncode != 0
+    assert "load_resume_state" in broken.stderr
+    resumed = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file), *more], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming training from epoch: 0, iter: 2." in resumed.stderr
+    assert (tmp_path / "experiments/tiny/training_states/4.state").is_file()
+
+
+@pytest.mark.slow
+def test_lmdb_shared_between_training_and_validation(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt = tiny_options(tiny_lmdb, total_iter=2)
+    opt["datasets"]["val"].update(dataroot_lq=tiny_lmdb["train_lq"], dataroot_gt=tiny_lmdb["train_gt"])
+    opt["val"]["val_freq"] = 1
+    opt_file = write_options(tmp_path, opt)
+    result = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Validation tiny_test") == 3
+    broken = run_python(
+        ["-m", "erl_plugin.train", "-opt", str(opt_file), "--set", "name=tiny_broken"],
+        tmp_path,
+        {DISABLE: "lmdb_shared_env"},
+    )
+    assert broken.returncode != 0
+    assert "is already open in this process" in broken.stderr

@@ -1,0 +1,145 @@
+"""The start-up hook: BasicSR's own train.py trains plugin networks, for editable and regular installs.
+
+The suite's interpreter is the project's ``.venv`` with ``pip install -e .`` (the Makefile's
+install); the regular ``pip install .`` runs into a throwaway venv that borrows the project venv's
+packages through a path file.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_python, tiny_options, write_options
+
+import erl_plugin_hook
+
+STARTUP = (
+    "import sys; "
+    "print('torch' in sys.modules, any(type(f).__name__ == 'BasicsrFinder' for f in sys.meta_path))"
+)
+BASICSR_TRAIN = Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py"
+
+
+def test_editable_install_has_the_hook() -> None:
+    assert (Path(sysconfig.get_paths()["purelib"]) / "erl_plugin_hook.pth").is_file()
+
+
+def test_startup_installs_the_finder_without_importing_torch(tmp_path: Path) -> None:
+    assert run_python(["-c", STARTUP], tmp_path).stdout.split() == ["False", "True"]
+
+
+def test_startup_cost_is_under_10_ms(tmp_path: Path) -> None:
+    result = run_python(["-X", "importtime", "-c", "pass"], tmp_path)
+    costs = [int(m.group(1)) for m in re.finditer(r"\|\s+(\d+) \|\s+erl_plugin_hook$", result.stderr, re.M)]
+    assert costs, result.stderr
+    assert costs[0] < 10_000  # microseconds, cumulative
+
+
+def test_environment_variable_disables_it(tmp_path: Path) -> None:
+    env = {erl_plugin_hook.DISABLE_ENV: "1"}
+    assert run_python(["-c", STARTUP], tmp_path, env).stdout.split() == ["False", "False"]
+    plain = run_python(["-c", "import basicsr"], tmp_path, env)
+    assert "functional_tensor" in plain.stderr  # basicsr 1.4.2 alone does not import here
+
+
+def test_importing_basicsr_loads_the_plugin(tmp_path: Path) -> None:
+    code = (
+        "import basicsr, sys; from basicsr.utils.registry import ARCH_REGISTRY; "
+        "print('erl_plugin' in sys.modules, 'MEMD' in ARCH_REGISTRY)"
+    )
+    result = run_python(["-c", code], tmp_path)
+    assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+def test_a_broken_plugin_never_breaks_basicsr(tmp_path: Path) -> None:
+    fake = tmp_path / "shadow" / "erl_plugin"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import sys, torchvision.transforms.functional as f\n"
+        "sys.modules['torchvision.transforms.functional_tensor'] = f\n"
+        "raise RuntimeError('broken plugin')\n"
+    )
+    result = run_python(
+        ["-c", "import basicsr; print('loaded', basicsr.__version__)"],
+        tmp_path,
+        {"PYTHONPATH": str(fake.parent)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "loaded 1.4.2"
+    assert "erl_plugin_hook: erl_plugin not loaded (RuntimeError('broken plugin'))" in result.stderr
+
+
+@pytest.mark.slow
+def test_basicsr_train_py_in_a_checkout_trains_and_resumes(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    checkout = tmp_path / "BasicSR"
+    (checkout / "basicsr").mkdir(parents=True)
+    shutil.copy(BASICSR_TRAIN, checkout / "basicsr" / "train.py")
+    (checkout / "options").mkdir()
+    opt_file = write_options(checkout / "options", tiny_options(tiny_lmdb, name="checkout"), "memd.yml")
+    first = run_python(["basicsr/train.py", "-opt", str(opt_file)], checkout)
+    assert first.returncode == 0, first.stderr
+    assert (checkout / "experiments/checkout/models/net_g_latest.pth").is_file()
+    resumed = run_python(["basicsr/train.py", "-opt", str(opt_file), "--auto_resume"], checkout)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming training from epoch: 0, iter: 2." in resumed.stderr
+
+
+@pytest.mark.slow
+def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "README.md", "erl_plugin_hook.py", "erl_plugin_hook.pth"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "erl_plugin", source / "erl_plugin", ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
+    # The project's packages without its .pth files (those are read only in site directories).
+    (site / "project_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    shutil.copytree(BASICSR_TRAIN.parent, site / "basicsr", ignore=shutil.ignore_patterns("__pycache__"))
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    assert (site / "erl_plugin_hook.pth").is_file() and (site / "erl_plugin" / "__init__.py").is_file()
+
+    startup = subprocess.run([python, "-c", STARTUP], capture_output=True, text=True, cwd=tmp_path)
+    assert startup.stdout.split() == ["False", "True"], startup.stderr
+    opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, name="site_packages"))
+    trained = subprocess.run(
+        [python, str(site / "basicsr" / "train.py"), "-opt", str(opt_file)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert (site / "experiments/site_packages/models/net_g_latest.pth").is_file()
+    where = subprocess.run(
+        [python, "-c", "import erl_plugin; print(erl_plugin.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.startswith(str(site))
