@@ -1,0 +1,117 @@
+"""Evaluation of a trained network on a RainTrainH-layout folder: pairing, scores, outputs, errors."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, run_python
+from skimage.metrics import peak_signal_noise_ratio
+
+from erl_plugin.archs import MEMD
+from erl_plugin.evaluation import (
+    PROTOCOL,
+    Pair,
+    derain,
+    evaluate,
+    format_table,
+    rain100h_pairs,
+    score,
+    side_by_side,
+)
+from erl_plugin.options import load_options
+
+
+def _write_pairs(folder: Path, count: int, size: tuple[int, int] = (20, 28)) -> None:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(1, count + 1):
+        clean = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"norain-{index}.png"), clean)
+        cv2.imwrite(
+            str(folder / f"rain-{index}.png"), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)
+        )
+
+
+def test_pairs_are_sorted_by_number(tmp_path: Path) -> None:
+    _write_pairs(tmp_path, 11)
+    pairs = rain100h_pairs(str(tmp_path))
+    assert [pair.name for pair in pairs] == [f"rain-{i}" for i in range(1, 12)]
+    assert pairs[0] == Pair("rain-1", str(tmp_path / "rain-1.png"), str(tmp_path / "norain-1.png"))
+
+
+def test_missing_clean_twin_and_empty_folder_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no rain-N.png"):
+        rain100h_pairs(str(tmp_path))
+    cv2.imwrite(str(tmp_path / "rain-3.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="norain-3.png"):
+        rain100h_pairs(str(tmp_path))
+
+
+def test_score_matches_skimage_psnr_on_basicsr_y() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    # BasicSR's Y: MATLAB's BT.601 studio-range luma of the BGR image, unrounded (float32 there).
+    weights = np.array([24.966, 128.553, 65.481]) / 255.0
+    y_a, y_b = a.astype(np.float64) @ weights + 16.0, b.astype(np.float64) @ weights + 16.0
+    assert score(a, b).psnr == pytest.approx(peak_signal_noise_ratio(y_a, y_b, data_range=255), abs=1e-4)
+    assert score(a, a).ssim == pytest.approx(1.0)
+
+
+def test_derain_keeps_odd_sizes() -> None:
+    net = MEMD(num_feat=4, num_dense_layers=1, growth_rate=4).eval()
+    image = np.random.default_rng(0).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    assert derain(net, image).shape == image.shape
+
+
+def test_side_by_side_has_one_column_per_label() -> None:
+    tiles = [[np.zeros((10, 20, 3), np.uint8)] * 3, [np.zeros((20, 20, 3), np.uint8)] * 3]
+    picture = side_by_side(tiles, ["rainy", "MEMD", "clean"], width=64)
+    assert picture.shape == (28 + 32 + 64, 3 * 64, 3)
+
+
+def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
+    _write_pairs(tmp_path / "test", 3)
+    opt = load_options(str(REPO / "options/memd_demo.yml"))
+    torch.manual_seed(0)
+    net = MEMD(**{k: v for k, v in opt["network_g"].items() if k != "type"})
+    torch.save({"params": net.state_dict()}, tmp_path / "net.pth")
+    means = evaluate(
+        str(REPO / "options/memd_demo.yml"),
+        str(tmp_path / "net.pth"),
+        str(tmp_path / "test"),
+        str(tmp_path / "out"),
+        label="MEMD",
+        show=2,
+    )
+    assert set(means) == {"rainy input", "MEMD"}
+    rows = (tmp_path / "out/scores.csv").read_text().splitlines()
+    columns = [f"{v} {m} ({PROTOCOL})" for v in ("rainy", "MEMD") for m in ("PSNR", "SSIM")]
+    assert rows[0] == ",".join(["image", *columns])
+    assert len(rows) == 4
+    assert cv2.imread(str(tmp_path / "out/comparison.png")).shape[1] == 3 * 256
+    summary = (tmp_path / "out/summary.md").read_text()
+    assert (
+        f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
+    )
+    assert (
+        format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
+    )
+
+
+def test_evaluate_tool_reports_bad_input(tmp_path: Path) -> None:
+    args = [
+        "--opt",
+        str(REPO / "options/memd_demo.yml"),
+        "--checkpoint",
+        "nowhere.pth",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    result = run_python([str(REPO / "tools/evaluate.py"), *args], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

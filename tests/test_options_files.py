@@ -1,0 +1,44 @@
+"""Every shipped options file names registered types and builds its network."""
+
+from pathlib import Path
+
+import pytest
+from basicsr.archs import build_network
+from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
+from conftest import REPO
+
+from erl_plugin.options import OptionsError, load_options, validate_options
+
+OPTION_FILES = sorted((REPO / "options").rglob("*.yml"))
+
+
+def test_there_are_train_and_test_options() -> None:
+    names = {str(path.relative_to(REPO / "options")) for path in OPTION_FILES}
+    assert {"memd_demo.yml", "memd_rain100h.yml", "test/memd_demo.yml", "test/memd_rain100h.yml"} <= names
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_options_file_is_consistent(path: Path) -> None:
+    opt = load_options(str(path))
+    assert opt["model_type"] in MODEL_REGISTRY
+    assert all(dataset["type"] in DATASET_REGISTRY for dataset in opt["datasets"].values())
+    net = build_network(dict(opt["network_g"]))
+    assert sum(p.numel() for p in net.parameters()) > 0
+    is_train = "train" in opt
+    try:
+        validate_options(opt, str(path), is_train=is_train)
+    except OptionsError as error:  # run from the repo root, where the data sets are not laid out
+        assert ".dataroot_" in str(error) or "pretrain_network_g" in str(error), error
+
+
+def test_rain100h_follows_the_paper() -> None:
+    opt = load_options(str(REPO / "options/memd_rain100h.yml"))
+    train = opt["datasets"]["train"]
+    assert (train["gt_size"], train["batch_size_per_gpu"], train["use_hflip"], train["use_rot"]) == (
+        320,
+        1,
+        False,
+        False,
+    )
+    assert opt["train"]["optim_g"]["lr"] == 4e-4 and opt["train"]["scheduler"]["gamma"] == 0.1
+    assert opt["network_g"]["num_down"] == 3
