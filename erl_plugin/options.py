@@ -149,4 +149,4 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         raise OptionsError(f"{source}: train.total_iter is missing")
     val = opt.get("val") or {}
     if not is_train and val.get("save_img") and "suffix" not in val:
-        raise OptionsError(f"{source}: val.suffix is missing (read when val.save_img is true; `suffix: ~` for none)")
+        raise OptionsError(f"{source}: val.suffix is missing (needed when val.save_img is true; `suffix: ~`)")
