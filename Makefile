@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/erl-train -opt options/memd_demo.yml
 	$(BIN)/python tools/evaluate.py --opt options/memd_demo.yml \
 		--checkpoint experiments/memd_demo/models/net_g_latest.pth \
-		--data $(DEMO_DATA)/test --out results/memd_demo --label MEMD --min-gain-db 3
+		--data $(DEMO_DATA)/test --out results/demo --label MEMD --min-gain-db 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,7 +7,6 @@ names it.
 
 import csv
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,19 +18,12 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from torch import nn
 
+from erl_plugin.data.layouts import raintrainh_pairs
+from erl_plugin.data.lmdb_writer import read_image
 from erl_plugin.options import OptionsError, load_options
 
 PROTOCOL = "basicsr"
 PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One test image: its name, the rainy input and the clean target (file paths)."""
-
-    name: str
-    rainy: str
-    clean: str
 
 
 @dataclass(frozen=True)
@@ -40,30 +32,6 @@ class Score:
 
     psnr: float
     ssim: float
-
-
-def rain100h_pairs(folder: str) -> list[Pair]:
-    """Pairs ``rain-N.png`` with ``norain-N.png`` in ``folder`` (the RainTrainH layout), by N.
-
-    Raises:
-        FileNotFoundError: ``folder`` is missing, holds no ``rain-N`` image, or one has no clean twin.
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{folder}: not a directory")
-    pattern = re.compile(r"^rain-(\d+)\.(png|jpg|jpeg|bmp)$", re.IGNORECASE)
-    pairs = []
-    for name in os.listdir(folder):
-        match = pattern.match(name)
-        if match:
-            clean = os.path.join(folder, f"no{name}")
-            if not os.path.isfile(clean):
-                raise FileNotFoundError(f"{os.path.join(folder, name)} has no clean image {clean}")
-            pairs.append(
-                (int(match.group(1)), Pair(f"rain-{match.group(1)}", os.path.join(folder, name), clean))
-            )
-    if not pairs:
-        raise FileNotFoundError(f"{folder}: no rain-N.png / norain-N.png pairs")
-    return [pair for _, pair in sorted(pairs)]
 
 
 def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> nn.Module:
@@ -77,14 +45,6 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
         raise KeyError(f"{checkpoint}: no {param_key!r} in the checkpoint (keys: {', '.join(state)})")
     net.load_state_dict(state[param_key])
     return net.eval()
-
-
-def read_image(path: str) -> np.ndarray:
-    """Read a BGR uint8 image; raise naming the file if it cannot be decoded."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: cannot be read as an image")
-    return image
 
 
 @torch.no_grad()
@@ -174,11 +134,11 @@ def evaluate(
         Mean scores for ``"rainy input"`` and for ``label``.
     """
     net = load_network(opt_path, checkpoint)
-    pairs = rain100h_pairs(data_dir)
+    pairs = raintrainh_pairs(data_dir)
     shown = set(np.linspace(0, len(pairs) - 1, min(show, len(pairs))).round().astype(int).tolist())
     rainy_scores, derained_scores, rows = [], [], []
     for index, pair in enumerate(pairs):
-        rainy, clean = read_image(pair.rainy), read_image(pair.clean)
+        rainy, clean = read_image(pair.rainy, cv2.IMREAD_COLOR), read_image(pair.clean, cv2.IMREAD_COLOR)
         if rainy.shape != clean.shape:
             raise ValueError(f"{pair.rainy} is {rainy.shape[:2]} but {pair.clean} is {clean.shape[:2]}")
         derained = derain(net, rainy)

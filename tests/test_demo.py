@@ -48,7 +48,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
             "--data",
             "datasets/synthetic_rain/test",
             "--out",
-            "results/memd_demo",
+            "results/demo",
             "--label",
             "MEMD",
         ],
@@ -57,5 +57,5 @@ def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     assert evaluate.returncode == 0, evaluate.stderr
     assert "| rainy input |" in evaluate.stdout and "| MEMD |" in evaluate.stdout
     assert "protocol basicsr" in evaluate.stdout and "dB (basicsr)" in evaluate.stdout
-    assert len((tmp_path / "results/memd_demo/scores.csv").read_text().splitlines()) == 1 + 8
-    assert cv2.imread(str(tmp_path / "results/memd_demo/comparison.png")) is not None
+    assert len((tmp_path / "results/demo/scores.csv").read_text().splitlines()) == 1 + 8
+    assert cv2.imread(str(tmp_path / "results/demo/comparison.png")) is not None

@@ -10,16 +10,7 @@ from conftest import REPO, run_python
 from skimage.metrics import peak_signal_noise_ratio
 
 from erl_plugin.archs import MEMD
-from erl_plugin.evaluation import (
-    PROTOCOL,
-    Pair,
-    derain,
-    evaluate,
-    format_table,
-    rain100h_pairs,
-    score,
-    side_by_side,
-)
+from erl_plugin.evaluation import PROTOCOL, derain, evaluate, format_table, score, side_by_side
 from erl_plugin.options import load_options
 
 
@@ -32,21 +23,6 @@ def _write_pairs(folder: Path, count: int, size: tuple[int, int] = (20, 28)) -> 
         cv2.imwrite(
             str(folder / f"rain-{index}.png"), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)
         )
-
-
-def test_pairs_are_sorted_by_number(tmp_path: Path) -> None:
-    _write_pairs(tmp_path, 11)
-    pairs = rain100h_pairs(str(tmp_path))
-    assert [pair.name for pair in pairs] == [f"rain-{i}" for i in range(1, 12)]
-    assert pairs[0] == Pair("rain-1", str(tmp_path / "rain-1.png"), str(tmp_path / "norain-1.png"))
-
-
-def test_missing_clean_twin_and_empty_folder_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no rain-N.png"):
-        rain100h_pairs(str(tmp_path))
-    cv2.imwrite(str(tmp_path / "rain-3.png"), np.zeros((4, 4, 3), np.uint8))
-    with pytest.raises(FileNotFoundError, match="norain-3.png"):
-        rain100h_pairs(str(tmp_path))
 
 
 def test_score_matches_skimage_psnr_on_basicsr_y() -> None:

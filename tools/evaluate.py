@@ -3,7 +3,7 @@
 Example:
     python tools/evaluate.py --opt options/memd_demo.yml \
         --checkpoint experiments/memd_demo/models/net_g_latest.pth \
-        --data datasets/synthetic_rain/test --out results/memd_demo_eval --min-gain-db 3
+        --data datasets/synthetic_rain/test --out results/demo --min-gain-db 3
 """
 
 import argparse

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import skimage.data
 from tqdm import tqdm
 
+from erl_plugin.data.layouts import raintrainh_pairs
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, staged_directory, write_paired_lmdb
 
 __all__ = [
@@ -61,7 +61,6 @@ DEFAULT_SOURCES = (
     "rocket.jpg",
 )
 
-_SPLIT_FILE = re.compile(r"rain-([1-9][0-9]*)\.png")
 _DIMENSION_MULTIPLE = 8  # test images are cropped to multiples of 8 so encoder-decoders need no padding
 
 
@@ -530,18 +529,9 @@ def synthesize_lmdb(
         Paths of the lq and gt LMDBs.
 
     Raises:
-        RainDataError: If the split folder is missing, holds no ``rain-N.png``, or lacks a ``norain-N.png``.
+        FileNotFoundError: If the split folder is missing, holds no ``rain-N.png``, or lacks a
+            ``norain-N.png``.
     """
     split_dir = Path(dataset_dir) / split
-    if not split_dir.is_dir():
-        raise RainDataError(f"split folder {split_dir} does not exist")
-    numbers = sorted(int(m.group(1)) for p in split_dir.iterdir() if (m := _SPLIT_FILE.fullmatch(p.name)))
-    if not numbers:
-        raise RainDataError(f"no rain-N.png files in {split_dir}")
-    pairs = []
-    for number in numbers:
-        gt = split_dir / f"norain-{number}.png"
-        if not gt.is_file():
-            raise RainDataError(f"{split_dir / f'rain-{number}.png'} has no clean partner {gt}")
-        pairs.append((f"{number:04d}", str(split_dir / f"rain-{number}.png"), str(gt)))
+    pairs = [(f"{pair.number:04d}", pair.rainy, pair.clean) for pair in raintrainh_pairs(split_dir)]
     return write_paired_lmdb(pairs, str(split_dir), overwrite=overwrite, progress=progress)
