@@ -9,8 +9,8 @@ from erl_plugin import compat
 
 compat.apply()
 
-from erl_plugin import archs  # noqa: E402  (registers MEMD)
+from erl_plugin import archs, losses, models  # noqa: E402  (registers MEMD, ERLNet, the losses, ERLModel)
 
 __version__ = "0.1.0"
 
-__all__ = ["archs", "compat", "__version__"]
+__all__ = ["archs", "compat", "losses", "models", "__version__"]

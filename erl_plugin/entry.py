@@ -19,9 +19,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """BasicSR's own arguments, plus ``--set`` for overrides that run no code."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-opt", required=True, help="path to the options YAML file")
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
-    )
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher")
     parser.add_argument("--auto_resume", action="store_true", help="resume from the latest training state")
     parser.add_argument("--debug", action="store_true", help="BasicSR debug mode (frequent logs and saves)")
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)

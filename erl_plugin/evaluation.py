@@ -76,14 +76,10 @@ def side_by_side(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], wi
     tiles = []
     for images in rows:
         height = max(round(image.shape[0] * width / image.shape[1]) for image in images)
-        tiles.append(
-            np.hstack([cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in images])
-        )
+        tiles.append(np.hstack([cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in images]))
     header = np.full((28, width * len(labels), 3), 255, np.uint8)
     for column, label in enumerate(labels):
-        cv2.putText(
-            header, label, (column * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA
-        )
+        cv2.putText(header, label, (column * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([header, *tiles])
 
 
@@ -147,9 +143,7 @@ def evaluate(
         if index in shown:
             rows.append((rainy, derained, clean))
     names = [pair.name for pair in pairs]
-    write_scores_csv(
-        os.path.join(out_dir, "scores.csv"), names, {"rainy": rainy_scores, label: derained_scores}
-    )
+    write_scores_csv(os.path.join(out_dir, "scores.csv"), names, {"rainy": rainy_scores, label: derained_scores})
     write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", label, "clean"]))
     means = {"rainy input": mean_score(rainy_scores), label: mean_score(derained_scores)}
     title = f"{data_dir} ({len(pairs)} pairs)"

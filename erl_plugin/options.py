@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 
+from erl_plugin.models.stages import StageError, parse_stages
+
 
 class OptionsError(ValueError):
     """An options file or override that cannot work; the message names the file and the key."""
@@ -30,9 +32,7 @@ def load_options(path: str) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise OptionsError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(opt, dict):
-        raise OptionsError(
-            f"{path}: expected a mapping of options at the top level, got {type(opt).__name__}"
-        )
+        raise OptionsError(f"{path}: expected a mapping of options at the top level, got {type(opt).__name__}")
     return opt
 
 
@@ -72,16 +72,12 @@ def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: st
         for depth, part in enumerate(path):
             where = ".".join(path[: depth + 1])
             if not isinstance(node, dict):
-                raise OptionsError(
-                    f"--set {override!r}: {'.'.join(path[:depth])} in {source} is not a mapping"
-                )
+                raise OptionsError(f"--set {override!r}: {'.'.join(path[:depth])} in {source} is not a mapping")
             last = depth == len(path) - 1
             if part not in node and not (create and last):
                 allowed = ", ".join(sorted(map(str, node))) or "none"
                 hint = "; prefix the key with + to add it" if last else ""
-                raise OptionsError(
-                    f"--set {override!r}: {where} is not in {source} (keys there: {allowed}){hint}"
-                )
+                raise OptionsError(f"--set {override!r}: {where} is not in {source} (keys there: {allowed}){hint}")
             if last:
                 node[part] = value
             else:
@@ -112,9 +108,9 @@ def _check_path(value: Any, where: str, source: str) -> None:
 def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
     """Check what BasicSR would otherwise fail on deep inside its pipeline.
 
-    Checks the model, network and dataset types against BasicSR's registries, that every dataset
-    path, meta-info file and pretrained network exists, and that the sections the pipeline reads
-    are present.
+    Checks the model, network and dataset types against BasicSR's registries, that each network
+    builds from its options, that every dataset path, meta-info file and pretrained network exists,
+    that the sections the pipeline reads are present, and an ERLModel's stages.
 
     Raises:
         OptionsError: naming ``source``, the key and what is allowed.
@@ -132,6 +128,11 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         if not isinstance(section, dict) or "type" not in section:
             raise OptionsError(f"{source}: {key}: expected a mapping with a 'type' key")
         _check_registered(section["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
+        kwargs = {k: v for k, v in copy.deepcopy(section).items() if k != "type"}
+        try:  # through the registry: basicsr's build_network would set up its logger before the pipeline does
+            ARCH_REGISTRY.get(section["type"])(**kwargs)
+        except (TypeError, ValueError) as error:
+            raise OptionsError(f"{source}: {key}: {error}") from None
     datasets = opt["datasets"]
     if not isinstance(datasets, dict) or not datasets:
         raise OptionsError(f"{source}: datasets: expected a mapping of phases (train, val, test_1, ...)")
@@ -147,6 +148,11 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             _check_path(value, f"path.{key}", source)
     if is_train and "total_iter" not in (opt["train"] or {}):
         raise OptionsError(f"{source}: train.total_iter is missing")
+    if is_train and opt["model_type"] == "ERLModel":
+        try:
+            parse_stages(opt)
+        except StageError as error:
+            raise OptionsError(f"{source}: {error}") from None
     val = opt.get("val") or {}
     if not is_train and val.get("save_img") and "suffix" not in val:
         raise OptionsError(f"{source}: val.suffix is missing (needed when val.save_img is true; `suffix: ~`)")

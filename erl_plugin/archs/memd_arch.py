@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from erl_plugin.archs.protocol import FeaturePoint
+from erl_plugin.archs.protocol import FeaturePoint, Inject
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -177,14 +177,9 @@ class MEMD(nn.Module):
             raise ValueError(f"fusion={fusion!r} requires skip=True, got skip={skip!r}")
         if global_residual and in_channels != out_channels:
             raise ValueError(
-                f"global_residual=True requires in_channels == out_channels, "
-                f"got {in_channels} and {out_channels}"
+                f"global_residual=True requires in_channels == out_channels, got {in_channels} and {out_channels}"
             )
-        if (
-            isinstance(negative_slope, bool)
-            or not isinstance(negative_slope, (int, float))
-            or negative_slope < 0
-        ):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or negative_slope < 0:
             raise ValueError(f"negative_slope must be a number >= 0, got {negative_slope!r}")
 
         self.num_down = num_down
@@ -202,9 +197,7 @@ class MEMD(nn.Module):
         )
         # downs[i] and ups[i] connect level i and level i + 1.
         self.downs = nn.ModuleList(
-            nn.Sequential(
-                nn.AvgPool2d(2), nn.Conv2d(widths[i], widths[i + 1], 1), nn.LeakyReLU(negative_slope)
-            )
+            nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(widths[i], widths[i + 1], 1), nn.LeakyReLU(negative_slope))
             for i in range(num_down)
         )
         self.ups = nn.ModuleList(
@@ -225,6 +218,7 @@ class MEMD(nn.Module):
         )
         self.head = nn.Conv2d(num_feat, out_channels, 3, padding=1)
 
+        self.decoder_modules = ("ups", "fusions", "decoder_blocks", "head")
         skip_points = [FeaturePoint(f"skip{i}", widths[i], 2**i) for i in range(num_down)] if skip else []
         self.feature_info: list[FeaturePoint] = [
             *skip_points,
@@ -239,11 +233,13 @@ class MEMD(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def encode(self, x: Tensor, inject: Inject | None = None) -> tuple[Tensor, list[Tensor]]:
         """Pad ``x`` and run the encoder.
 
         Args:
             x (Tensor): Input of shape (N, in_channels, H, W), any H and W.
+            inject (Inject | None): Called on each feature of ``feature_info`` as soon as it
+                exists; its result replaces the feature downstream and in the outputs.
 
         Returns:
             tuple[Tensor, list[Tensor]]: The bottleneck and the skips (highest resolution first;
@@ -253,9 +249,13 @@ class MEMD(nn.Module):
         skips = []
         for level, down in enumerate(self.downs):
             feat = self.encoder_blocks[level](feat)
+            if self.skip and inject is not None:
+                feat = inject(level, feat)
             skips.append(feat)
             feat = down(feat)
         bottleneck = self.encoder_blocks[-1](feat)
+        if inject is not None:
+            bottleneck = inject(len(self.feature_info) - 1, bottleneck)
         return bottleneck, skips if self.skip else []
 
     def decode(self, bottleneck: Tensor, skips: list[Tensor], x: Tensor) -> Tensor:

@@ -5,9 +5,12 @@ features at every entanglement point: the bottleneck (CLGD) or the bottleneck an
 connection (MLGD). To wrap a network, the wrapper needs its encoder and decoder as two separate
 calls and a description of the features passed between them. A network conforms when it offers:
 
-``encode(x) -> (bottleneck, skips)``
+``encode(x, inject=None) -> (bottleneck, skips)``
     Runs the encoder. ``skips`` is ordered from the highest resolution down and may be empty
-    (a U-Net without skip connections). The network may pad ``x`` internally.
+    (a U-Net without skip connections). The network may pad ``x`` internally. When given,
+    ``inject(i, feature)`` is called at each entanglement point ``i`` (``feature_info`` order)
+    as soon as that feature exists; what it returns replaces the feature, both in what flows on
+    into the deeper encoder layers and in what ``encode`` returns.
 
 ``decode(bottleneck, skips, x) -> Tensor``
     Runs the decoder on (possibly modified) encoder features. ``x`` is the original, unpadded
@@ -19,6 +22,11 @@ calls and a description of the features passed between them. A network conforms 
     and the stride (relative to the padded input) of the ``i``-th tensor of
     ``[*skips, bottleneck]``.
 
+``decoder_modules: tuple[str, ...]``
+    Names of the child modules that make up the decoder; every other parameter belongs to the
+    encoder. The wrapper builds its residual encoder from the backbone's options and removes
+    these, and names the parameter groups ``main_encoder`` and ``decoder`` with them.
+
 The contract that ties these together: ``forward(x) == decode(*encode(x), x)``.
 
 Example:
@@ -26,10 +34,14 @@ Example:
     >>> out = net.decode(bottleneck + residual, skips, x)
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
+
+Inject = Callable[[int, Tensor], Tensor]
+"""``inject(point_index, feature) -> feature``, see :meth:`EncoderDecoder.encode`."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,9 @@ class EncoderDecoder(Protocol):
     """A network split into ``encode`` and ``decode``; see the module docstring for the contract."""
 
     feature_info: list[FeaturePoint]
+    decoder_modules: tuple[str, ...]
 
-    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def encode(self, x: Tensor, inject: Inject | None = None) -> tuple[Tensor, list[Tensor]]:
         """Return ``(bottleneck, skips)``, skips ordered from the highest resolution down."""
         ...
 
@@ -62,16 +75,24 @@ class EncoderDecoder(Protocol):
         ...
 
 
+def protocol_problems(net: object) -> list[str]:
+    """What ``net`` lacks to follow :class:`EncoderDecoder` (empty when it conforms)."""
+    problems = [f"no callable {name}()" for name in ("encode", "decode") if not callable(getattr(net, name, None))]
+    feature_info = getattr(net, "feature_info", None)
+    if not isinstance(feature_info, list) or not all(isinstance(p, FeaturePoint) for p in feature_info):
+        problems.append("feature_info is not a list of FeaturePoint")
+    decoder_modules = getattr(net, "decoder_modules", None)
+    children = dict(net.named_children()) if isinstance(net, nn.Module) else {}
+    if not isinstance(decoder_modules, tuple) or not all(name in children for name in decoder_modules):
+        problems.append("decoder_modules is not a tuple naming child modules")
+    return problems
+
+
 def implements_protocol(net: object) -> bool:
     """Tell whether ``net`` follows :class:`EncoderDecoder`.
 
-    Stricter than ``isinstance(net, EncoderDecoder)``: ``encode`` and ``decode`` must be callable
-    and ``feature_info`` must be a list of :class:`FeaturePoint`.
+    Stricter than ``isinstance(net, EncoderDecoder)``: ``encode`` and ``decode`` must be callable,
+    ``feature_info`` must be a list of :class:`FeaturePoint` and ``decoder_modules`` must name
+    child modules.
     """
-    feature_info = getattr(net, "feature_info", None)
-    return (
-        callable(getattr(net, "encode", None))
-        and callable(getattr(net, "decode", None))
-        and isinstance(feature_info, list)
-        and all(isinstance(point, FeaturePoint) for point in feature_info)
-    )
+    return not protocol_problems(net)

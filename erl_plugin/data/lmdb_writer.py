@@ -295,9 +295,7 @@ def _build_lmdb(
     return lines
 
 
-def _commit(
-    env: lmdb.Environment, pending: list[tuple[bytes, bytes, str]], meta: TextIO, lines: list[str]
-) -> None:
+def _commit(env: lmdb.Environment, pending: list[tuple[bytes, bytes, str]], meta: TextIO, lines: list[str]) -> None:
     """Put ``pending`` in one transaction (doubling the map size until it fits), then log its lines."""
     while True:
         try:
@@ -316,9 +314,7 @@ def _verify_lmdb(folder: Path, lines: list[str]) -> None:
     """Check meta_info.txt matches ``lines`` and every key decodes to an image of the recorded shape."""
     with open(folder / "meta_info.txt", encoding="ascii") as meta:
         if meta.readlines() != lines:
-            raise RuntimeError(
-                f"verification of {folder} failed: meta_info.txt differs from what was written"
-            )
+            raise RuntimeError(f"verification of {folder} failed: meta_info.txt differs from what was written")
     # py-lmdb refuses a second handle on one environment per process, so this one is closed before
     # the folder is renamed and handed to readers.
     env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False)
@@ -332,11 +328,7 @@ def _verify_lmdb(folder: Path, lines: list[str]) -> None:
                 name, shape, _ = line.split(" ")
                 key = name[: -len(".png")]
                 value = txn.get(key.encode("ascii"))
-                image = (
-                    None
-                    if value is None
-                    else cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-                )
+                image = None if value is None else cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
                 if image is None:
                     raise RuntimeError(f"verification of {folder} failed: key {key!r} is missing or corrupt")
                 channels = 1 if image.ndim == 2 else image.shape[2]

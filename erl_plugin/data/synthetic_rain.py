@@ -151,9 +151,7 @@ class RainPreset:
                 )
         for field in ("width", "layers"):
             if any(int(v) != v for v in getattr(self, field)):
-                raise ValueError(
-                    f"RainPreset {self.name!r}: {field} must be integers, got {getattr(self, field)}"
-                )
+                raise ValueError(f"RainPreset {self.name!r}: {field} must be integers, got {getattr(self, field)}")
         if self.angle_jitter < 0:
             raise ValueError(f"RainPreset {self.name!r}: angle_jitter must be >= 0, got {self.angle_jitter}")
 
@@ -356,9 +354,7 @@ def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     height, width = image.shape[:2]
     pad_y, pad_x = max(0, size - height), max(0, size - width)
     if pad_y or pad_x:
-        image = np.pad(
-            image, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)), "reflect"
-        )
+        image = np.pad(image, ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)), "reflect")
         height, width = image.shape[:2]
     top = int(rng.integers(0, height - size + 1))
     left = int(rng.integers(0, width - size + 1))

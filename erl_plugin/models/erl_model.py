@@ -1,0 +1,269 @@
+"""ERLModel: BasicSR's training loop running ERL-Net's staged strategies (Table 1) in one run.
+
+The deraining network ``net_g`` is an :class:`~erl_plugin.archs.erl_arch.ERLNet`; the teacher
+``net_t`` has the structure of its backbone. The active stage follows the iteration: at each stage
+switch every parameter is frozen, the stage's branches are unfrozen, the networks are re-wrapped
+(DDP sees only what trains) and fresh optimizers and schedulers are built from copies of the
+options, with schedules counted from the stage's first iteration. The teacher, once trained, is
+frozen and in eval mode, is never DDP-wrapped, and is in no optimizer and no EMA; for the feature
+loss it runs its encoder only, under ``no_grad``.
+
+Checkpoints: ``net_g_<iter>.pth`` and ``net_t_<iter>.pth`` with every save; at the end of each stage
+``net_g_<stage>.pth`` (and ``net_t_teacher.pth``); at the end of a stage that does not use the
+residual encoder (stage1), also ``<backbone>_<stage>.pth``, the plain backbone: a usable MEMD
+baseline (``network_g: {type: MEMD}``). Training states record the stage, so ``--auto_resume``
+restores it with its optimizers and schedulers, mid-stage or exactly at a boundary.
+"""
+
+import copy
+import os
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.models import lr_scheduler
+from basicsr.models.base_model import BaseModel
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor, nn
+
+from erl_plugin.archs.erl_arch import ERLNet, build_backbone
+from erl_plugin.models.stages import Stage, parse_stages
+
+SCHEDULERS = {
+    "MultiStepLR": lr_scheduler.MultiStepRestartLR,
+    "MultiStepRestartLR": lr_scheduler.MultiStepRestartLR,
+    "CosineAnnealingRestartLR": lr_scheduler.CosineAnnealingRestartLR,
+}
+
+
+class AlignedTeacher(nn.Module):
+    """The teacher's encoder followed by a frozen decoder: ``teacher_mode: aligned`` trains this."""
+
+    def __init__(self, teacher: nn.Module, decoder_net: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.decoder_net = decoder_net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder_net.decode(*self.teacher.encode(x), x)
+
+
+@MODEL_REGISTRY.register()
+class ERLModel(SRModel):
+    """Staged ERL-Net training; see the module docstring. Options: ``options/erl_rain100h.yml``."""
+
+    def __init__(self, opt: dict[str, Any]) -> None:
+        BaseModel.__init__(self, opt)  # SRModel's own __init__ would DDP-wrap before freezing
+        net_g = build_network(copy.deepcopy(opt["network_g"]))
+        if not isinstance(net_g, ERLNet):
+            raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
+        self.net_g: nn.Module = net_g.to(self.device)
+        self.net_t: nn.Module = build_backbone(net_g.backbone_options).to(self.device)
+        self.print_network(self.net_g)
+        path = opt["path"]
+        self._load_checkpoint(
+            self.net_g,
+            "pretrain_network_g",
+            path.get("strict_load_g", True),
+            path.get("param_key_g", "params"),
+        )
+        self._load_checkpoint(self.net_t, "pretrain_network_t", path.get("strict_load_t", True), "params")
+        self.stages: list[Stage] = []
+        self.stage_index: int | None = None
+        if self.is_train:
+            self.init_training_settings()
+
+    def _load_checkpoint(self, net: nn.Module, key: str, strict: bool, param_key: str) -> None:
+        load_path = self.opt["path"].get(key)
+        if load_path is None:
+            return
+        try:
+            self.load_network(net, load_path, strict, param_key)
+        except (ValueError, RuntimeError, KeyError) as error:
+            raise ValueError(f"path.{key}: {load_path}: {error}") from None
+
+    def init_training_settings(self) -> None:
+        train_opt = self.opt["train"]
+        self.stages = parse_stages(self.opt)
+        self.ema_decay = train_opt.get("ema_decay", 0)
+        if self.ema_decay > 0:
+            self.net_g_ema = build_network(copy.deepcopy(self.opt["network_g"])).to(self.device)
+            self.model_ema(0)
+            self.net_g_ema.eval()
+        self.cri_pix = build_loss(copy.deepcopy(train_opt["pixel_opt"])).to(self.device)
+        uses_feature = any("feature" in stage.losses for stage in self.stages)
+        if uses_feature and not train_opt.get("feature_opt"):
+            raise ValueError(
+                "train.feature_opt is missing; a stage uses the feature loss (type: FeatureReconstructionLoss)"
+            )
+        self.cri_feat = build_loss(copy.deepcopy(train_opt["feature_opt"])).to(self.device) if uses_feature else None
+        self.net_t.eval()
+
+    # ----------------------------------------------------------------------------------- stages
+    @property
+    def stage(self) -> Stage | None:
+        """The active stage (None before training starts and when testing)."""
+        return None if self.stage_index is None else self.stages[self.stage_index]
+
+    def _stage_index_for(self, current_iter: int) -> int:
+        for index, stage in enumerate(self.stages):
+            if current_iter <= stage.last:
+                return index
+        return len(self.stages) - 1
+
+    def _trainable(self, branch: str) -> list[nn.Parameter]:
+        bare_g = self.get_bare_model(self.net_g)
+        if branch == "teacher":
+            return list(self.get_bare_model(self.net_t).parameters())
+        if branch == "teacher_encoder":
+            teacher = self.get_bare_model(self.net_t)
+            decoder = set(teacher.decoder_modules)
+            return [p for name, child in teacher.named_children() if name not in decoder for p in child.parameters()]
+        return list(bare_g.branch_parameters(branch))
+
+    def _enter_stage(self, index: int) -> None:
+        """Freeze all, unfreeze the stage's branches, re-wrap, and build fresh optimizers."""
+        stage = self.stages[index]
+        bare_g, bare_t = self.get_bare_model(self.net_g), self.get_bare_model(self.net_t)
+        for param in (*bare_g.parameters(), *bare_t.parameters()):
+            param.requires_grad_(False)
+        trainable = [param for branch in stage.train for param in self._trainable(branch)]
+        for param in trainable:
+            param.requires_grad_(True)
+        self.net_g, self.net_t, self.net_aligned = bare_g, bare_t, None
+        if stage.trains_teacher:
+            bare_t.train()
+            if "teacher_encoder" in stage.train:
+                self.net_aligned = self.model_to_device(AlignedTeacher(bare_t, bare_g.backbone))
+            else:
+                self.net_t = self.model_to_device(bare_t)
+        else:
+            bare_t.eval()
+            self.net_g = self.model_to_device(bare_g)
+        bare_g.train()
+        optim_opt = {**copy.deepcopy(self.opt["train"]["optim_g"]), **copy.deepcopy(dict(stage.optim_g))}
+        optim_type = optim_opt.pop("type")
+        self.optimizer_g = self.get_optimizer(optim_type, trainable, **optim_opt)
+        self.optimizers = [self.optimizer_g]
+        scheduler_opt = {
+            **copy.deepcopy(self.opt["train"]["scheduler"]),
+            **copy.deepcopy(dict(stage.scheduler)),
+        }
+        scheduler_type = scheduler_opt.pop("type")
+        if scheduler_type not in SCHEDULERS:
+            raise ValueError(f"train.scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
+        self.schedulers = [SCHEDULERS[scheduler_type](self.optimizer_g, **scheduler_opt)]
+        self.stage_index = index
+        get_root_logger().info(
+            f"Stage {index + 1}/{len(self.stages)} {stage.name!r}, iterations {stage.first}-{stage.last}: "
+            f"training {', '.join(stage.train)} ({sum(p.numel() for p in trainable):,} parameters) "
+            f"with {' + '.join(stage.losses)} loss{'es' if len(stage.losses) > 1 else ''}"
+        )
+
+    @master_only
+    def _save_stage_end(self, stage: Stage) -> None:
+        models = self.opt["path"]["models"]
+        if stage.trains_teacher:
+            self.save_network(self.net_t, "net_t", "teacher")
+            return
+        self.save_network(self.net_g, "net_g", stage.name)
+        if not stage.entangled:
+            bare_g = self.get_bare_model(self.net_g)
+            backbone = bare_g.backbone_options["type"].lower()
+            torch.save({"params": bare_g.backbone_state_dict()}, os.path.join(models, f"{backbone}_{stage.name}.pth"))
+
+    def _ensure_stage(self, current_iter: int) -> None:
+        index = self._stage_index_for(current_iter)
+        if index == self.stage_index:
+            return
+        if self.stage_index is not None:
+            self._save_stage_end(self.stages[self.stage_index])
+        self._enter_stage(index)
+
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """Switch stage when ``current_iter`` enters a new one; schedules count from its start."""
+        self._ensure_stage(current_iter)
+        super().update_learning_rate(current_iter - self.stage.first + 1, warmup_iter)
+
+    # --------------------------------------------------------------------------------- training
+    def _teacher_targets(self, gt: Tensor) -> list[Tensor]:
+        teacher = self.get_bare_model(self.net_t)
+        with torch.no_grad():
+            bottleneck, skips = teacher.encode(gt)
+        points = [*skips, bottleneck]
+        return [points[i] for i in self.get_bare_model(self.net_g).entangled_points]
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        stage = self.stage
+        self.optimizer_g.zero_grad()
+        loss_dict: OrderedDict[str, Tensor] = OrderedDict()
+        if stage.trains_teacher:
+            net = self.net_aligned if self.net_aligned is not None else self.net_t
+            self.output = net(self.gt)
+            loss_dict["l_teacher"] = self.cri_pix(self.output, self.gt)
+        elif "feature" in stage.losses:
+            self.output, features = self.net_g(self.lq, return_features=True)
+            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+            loss_dict["l_fre"] = self.cri_feat(features, self._teacher_targets(self.gt))
+        else:
+            self.output = self.net_g(self.lq, entangled=stage.entangled)
+            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+        sum(loss_dict.values()).backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """Derain ``self.lq`` as the active stage does (all of ERL-Net when testing)."""
+        entangled = self.stage is None or self.stage.entangled
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = net(self.lq, entangled=entangled)
+        net.train(was_training)
+
+    # -------------------------------------------------------------------------- save and resume
+    def save(self, epoch: int, current_iter: int) -> None:
+        if hasattr(self, "net_g_ema"):
+            self.save_network([self.net_g, self.net_g_ema], "net_g", current_iter, param_key=["params", "params_ema"])
+        else:
+            self.save_network(self.net_g, "net_g", current_iter)
+        self.save_network(self.net_t, "net_t", current_iter)
+        self.save_training_state(epoch, current_iter)
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's training state plus the active stage, written to a temporary file then renamed."""
+        if current_iter == -1:
+            return
+        state = {
+            "epoch": epoch,
+            "iter": current_iter,
+            "stage": self.stage_index,
+            "stages": [stage.name for stage in self.stages],
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
+        }
+        path = os.path.join(self.opt["path"]["training_states"], f"{current_iter}.state")
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    def resume_training(self, resume_state: dict[str, Any]) -> None:
+        """Restore the stage, the teacher, and the stage's optimizers and schedulers."""
+        names = [stage.name for stage in self.stages]
+        if resume_state.get("stages") != names or resume_state.get("stage") is None:
+            raise ValueError(
+                f"path.resume_state: written for stages {resume_state.get('stages')} "
+                f"(active: {resume_state.get('stage')}), but the options give stages {names}"
+            )
+        teacher_path = os.path.join(self.opt["path"]["models"], f"net_t_{resume_state['iter']}.pth")
+        self.load_network(self.get_bare_model(self.net_t), teacher_path, True, "params")
+        self._enter_stage(resume_state["stage"])
+        super().resume_training(resume_state)
