@@ -24,10 +24,10 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(BIN)/python tools/synthesize_rain.py --out $(DEMO_DATA) --preset heavy --seed 0 --lmdb --overwrite
-	$(BIN)/erl-train -opt options/memd_demo.yml
-	$(BIN)/python tools/evaluate.py --opt options/memd_demo.yml \
-		--checkpoint experiments/memd_demo/models/net_g_latest.pth \
-		--data $(DEMO_DATA)/test --out results/demo --label MEMD --min-gain-db 3
+	$(BIN)/erl-train -opt options/erl_demo.yml
+	$(BIN)/python tools/evaluate.py --data $(DEMO_DATA)/test --out results/demo --min-gain-db 3 \
+		--model MEMD options/erl_demo.yml experiments/erl_demo/models/memd_stage1.pth \
+		--model ERL-Net options/erl_demo.yml experiments/erl_demo/models/net_g_latest.pth
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,15 +35,26 @@ class Score:
 
 
 def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> nn.Module:
-    """Build ``network_g`` from an options file and load a BasicSR checkpoint into it (eval mode)."""
+    """Build ``network_g`` from an options file and load a BasicSR checkpoint into it (eval mode).
+
+    A plain backbone checkpoint (such as ``memd_stage1.pth``, the end of ERL-Net's stage I) given
+    with ERLNet options builds the backbone alone, so it is evaluated as the baseline it is.
+    """
     opt = load_options(opt_path)
     if "network_g" not in opt:
         raise OptionsError(f"{opt_path}: no network_g section")
-    net = build_network(dict(opt["network_g"]))
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if param_key not in state:
         raise KeyError(f"{checkpoint}: no {param_key!r} in the checkpoint (keys: {', '.join(state)})")
-    net.load_state_dict(state[param_key])
+    params = state[param_key]
+    network_opt = dict(opt["network_g"])
+    if network_opt["type"] == "ERLNet" and not any(key.startswith("backbone.") for key in params):
+        network_opt = dict(network_opt["backbone"])
+    net = build_network(network_opt)
+    try:
+        net.load_state_dict(params)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{checkpoint} does not fit network_g of {opt_path}: {error}") from None
     return net.eval()
 
 
@@ -118,35 +129,36 @@ def format_table(title: str, means: dict[str, Score]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(
-    opt_path: str, checkpoint: str, data_dir: str, out_dir: str, label: str = "derained", show: int = 4
-) -> dict[str, Score]:
-    """Derain every pair of a RainTrainH-layout folder and report against the rainy input.
+def evaluate(models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str, show: int = 4) -> dict[str, Score]:
+    """Derain every pair of a RainTrainH-layout folder with each model and compare with the input.
 
-    Writes ``out_dir/scores.csv`` (per image), ``out_dir/summary.md`` (the table) and
-    ``out_dir/comparison.png`` (rainy | derained | clean for ``show`` images spread over the set).
+    Args:
+        models: ``(label, options file, checkpoint)`` per model.
+        data_dir: Folder of ``rain-N.png`` / ``norain-N.png``.
+        out_dir: Receives ``scores.csv`` (per image), ``summary.md`` (the table) and
+            ``comparison.png`` (rainy | each model | clean, for ``show`` images spread over the set).
 
     Returns:
-        Mean scores for ``"rainy input"`` and for ``label``.
+        Mean scores for ``"rainy input"`` and each label.
     """
-    net = load_network(opt_path, checkpoint)
+    nets = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
     pairs = raintrainh_pairs(data_dir)
     shown = set(np.linspace(0, len(pairs) - 1, min(show, len(pairs))).round().astype(int).tolist())
-    rainy_scores, derained_scores, rows = [], [], []
+    scores: dict[str, list[Score]] = {"rainy": [], **{label: [] for label in nets}}
+    rows = []
     for index, pair in enumerate(pairs):
         rainy, clean = read_image(pair.rainy, cv2.IMREAD_COLOR), read_image(pair.clean, cv2.IMREAD_COLOR)
         if rainy.shape != clean.shape:
             raise ValueError(f"{pair.rainy} is {rainy.shape[:2]} but {pair.clean} is {clean.shape[:2]}")
-        derained = derain(net, rainy)
-        rainy_scores.append(score(rainy, clean))
-        derained_scores.append(score(derained, clean))
+        outputs = {label: derain(net, rainy) for label, net in nets.items()}
+        scores["rainy"].append(score(rainy, clean))
+        for label, output in outputs.items():
+            scores[label].append(score(output, clean))
         if index in shown:
-            rows.append((rainy, derained, clean))
-    names = [pair.name for pair in pairs]
-    write_scores_csv(os.path.join(out_dir, "scores.csv"), names, {"rainy": rainy_scores, label: derained_scores})
-    write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", label, "clean"]))
-    means = {"rainy input": mean_score(rainy_scores), label: mean_score(derained_scores)}
-    title = f"{data_dir} ({len(pairs)} pairs)"
+            rows.append((rainy, *outputs.values(), clean))
+    write_scores_csv(os.path.join(out_dir, "scores.csv"), [pair.name for pair in pairs], scores)
+    write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", *nets, "clean"]))
+    means = {"rainy input": mean_score(scores["rainy"]), **{label: mean_score(scores[label]) for label in nets}}
     with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_table(title, means) + "\n")
+        handle.write(format_table(f"{data_dir} ({len(pairs)} pairs)", means) + "\n")
     return means

@@ -72,9 +72,7 @@ def tiny_lmdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             clean = _scene(rng, 48)
             cv2.imwrite(str(folder / f"norain-{index}.png"), clean)
             cv2.imwrite(str(folder / f"rain-{index}.png"), _rainy(clean, rng))
-            pairs.append(
-                (f"{index:04d}", str(folder / f"rain-{index}.png"), str(folder / f"norain-{index}.png"))
-            )
+            pairs.append((f"{index:04d}", str(folder / f"rain-{index}.png"), str(folder / f"norain-{index}.png")))
         lq, gt = write_paired_lmdb(pairs, root / split, progress=False)
         result[f"{split}_lq"], result[f"{split}_gt"] = str(lq), str(gt)
     return result

@@ -93,9 +93,7 @@ def test_unknown_network_type(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None
 def test_missing_dataset_path(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
     opt = tiny_options(tiny_lmdb)
     opt["datasets"]["train"]["dataroot_lq"] = "datasets/nowhere/lq.lmdb"
-    _expect_options_error(
-        tmp_path, opt, "datasets.train.dataroot_lq", "'datasets/nowhere/lq.lmdb' does not exist"
-    )
+    _expect_options_error(tmp_path, opt, "datasets.train.dataroot_lq", "'datasets/nowhere/lq.lmdb' does not exist")
 
 
 def test_missing_options_file(tmp_path: Path) -> None:
@@ -108,9 +106,7 @@ def test_missing_options_file(tmp_path: Path) -> None:
 def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
     opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, name="ddp"))
     args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = run_python(
-        [*args, "-m", "erl_plugin.train", "-opt", str(opt_file), "--launcher", "pytorch"], tmp_path
-    )
+    result = run_python([*args, "-m", "erl_plugin.train", "-opt", str(opt_file), "--launcher", "pytorch"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "World size (gpu number): 2" in result.stderr
     assert "End of training" in result.stderr

@@ -20,9 +20,7 @@ def _write_pairs(folder: Path, count: int, size: tuple[int, int] = (20, 28)) -> 
     for index in range(1, count + 1):
         clean = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
         cv2.imwrite(str(folder / f"norain-{index}.png"), clean)
-        cv2.imwrite(
-            str(folder / f"rain-{index}.png"), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)
-        )
+        cv2.imwrite(str(folder / f"rain-{index}.png"), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
 
 
 def test_score_matches_skimage_psnr_on_basicsr_y() -> None:
@@ -69,12 +67,8 @@ def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
     assert len(rows) == 4
     assert cv2.imread(str(tmp_path / "out/comparison.png")).shape[1] == 3 * 256
     summary = (tmp_path / "out/summary.md").read_text()
-    assert (
-        f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
-    )
-    assert (
-        format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
-    )
+    assert f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
+    assert format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
 
 
 def test_evaluate_tool_reports_bad_input(tmp_path: Path) -> None:

@@ -17,10 +17,7 @@ from conftest import REPO, run_python, tiny_options, write_options
 
 import erl_plugin_hook
 
-STARTUP = (
-    "import sys; "
-    "print('torch' in sys.modules, any(type(f).__name__ == 'BasicsrFinder' for f in sys.meta_path))"
-)
+STARTUP = "import sys; print('torch' in sys.modules, any(type(f).__name__ == 'BasicsrFinder' for f in sys.meta_path))"
 BASICSR_TRAIN = Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py"
 
 

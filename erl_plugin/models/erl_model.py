@@ -73,6 +73,7 @@ class ERLModel(SRModel):
             path.get("param_key_g", "params"),
         )
         self._load_checkpoint(self.net_t, "pretrain_network_t", path.get("strict_load_t", True), "params")
+        self.net_aligned: nn.Module | None = None
         self.stages: list[Stage] = []
         self.stage_index: int | None = None
         if self.is_train:
@@ -132,6 +133,7 @@ class ERLModel(SRModel):
         bare_g, bare_t = self.get_bare_model(self.net_g), self.get_bare_model(self.net_t)
         for param in (*bare_g.parameters(), *bare_t.parameters()):
             param.requires_grad_(False)
+            param.grad = None
         trainable = [param for branch in stage.train for param in self._trainable(branch)]
         for param in trainable:
             param.requires_grad_(True)

@@ -81,9 +81,7 @@ def test_implements_protocol_checks_feature_info_entries() -> None:
         def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
             return x, []
 
-        def decode(
-            self, bottleneck: torch.Tensor, skips: list[torch.Tensor], x: torch.Tensor
-        ) -> torch.Tensor:
+        def decode(self, bottleneck: torch.Tensor, skips: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return bottleneck
 
     assert not implements_protocol(Bad())

@@ -32,9 +32,7 @@ SMALL = {
 
 def _photo(rng: np.random.Generator, height: int = 40, width: int = 48) -> np.ndarray:
     noise = rng.random((height // 8, width // 8, 3)).astype(np.float32)
-    return (cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(
-        np.uint8
-    )
+    return (cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
 
 
 @pytest.fixture

@@ -1,0 +1,105 @@
+"""ERLModel through BasicSR's train loop in subprocesses: resume across stages, torchrun, bad options."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_python, tiny_options, write_options
+
+from erl_plugin.archs import MEMD
+
+
+def erl_options(data: dict[str, str], name: str, stage_iters: list[int]) -> dict:
+    """Tiny MA_D + MLGD options whose learning rate halves inside every stage."""
+    opt = tiny_options(data, name=name, total_iter=sum(stage_iters))
+    opt["model_type"] = "ERLModel"
+    opt["network_g"] = {"type": "ERLNet", "backbone": opt["network_g"], "entangle": "mlgd"}
+    opt["path"]["pretrain_network_t"] = None
+    opt["train"].update(
+        strategy="MA_D",
+        stage_iters=stage_iters,
+        scheduler={"type": "MultiStepLR", "milestones": [1], "gamma": 0.5},
+        stage_options={"stage2": {"optim_g": {"lr": 3e-4}}},
+        feature_opt={"type": "FeatureReconstructionLoss", "loss_weight": 0.01},
+    )
+    opt["logger"]["save_checkpoint_freq"] = 1
+    opt["val"]["val_freq"] = 100
+    return opt
+
+
+def lr_by_iter(log: str) -> dict[int, str]:
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"iter:\s+(\d+), lr:\((\S+),\)", log)}
+
+
+def stage_lines(log: str) -> list[str]:
+    return re.findall(r"Stage \d/\d '\w+', iterations \d+-\d+", log)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_at", [3, 4])  # stage1 is iterations 3-4: mid-stage, then exactly at its end
+def test_resume_restores_stage_and_learning_rate(tmp_path: Path, tiny_lmdb: dict[str, str], resume_at: int) -> None:
+    opt_file = write_options(tmp_path, erl_options(tiny_lmdb, "erl", [2, 2, 2, 2]))
+    full = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert stage_lines(full.stderr) == [
+        "Stage 1/4 'teacher', iterations 1-2",
+        "Stage 2/4 'stage1', iterations 3-4",
+        "Stage 3/4 'stage2', iterations 5-6",
+        "Stage 4/4 'stage3', iterations 7-8",
+    ]
+    # A run stopped after `resume_at`: the same experiment without what came later.
+    stopped = tmp_path / "experiments/erl_stopped"
+    shutil.copytree(tmp_path / "experiments/erl", stopped)
+    for path in [*stopped.glob("training_states/*.state"), *stopped.glob("models/*_[0-9]*.pth")]:
+        if int(re.search(r"(\d+)\.(state|pth)$", path.name).group(1)) > resume_at:
+            path.unlink()
+    for name in ("net_g_latest.pth", "net_t_latest.pth", "net_g_stage1.pth", "memd_stage1.pth", "net_g_stage2.pth"):
+        (stopped / "models" / name).unlink(missing_ok=True)
+    resumed = run_python(
+        ["-m", "erl_plugin.train", "-opt", str(opt_file), "--auto_resume", "--set", "name=erl_stopped"], tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming training from epoch: " in resumed.stderr and f"iter: {resume_at}." in resumed.stderr
+    expected = {i: lr for i, lr in lr_by_iter(full.stderr).items() if i > resume_at}
+    assert lr_by_iter(resumed.stderr) == expected
+    assert len(set(expected.values())) > 2  # the schedule really moves: per stage, and inside stages
+    assert stage_lines(resumed.stderr)[0] == (
+        "Stage 2/4 'stage1', iterations 3-4" if resume_at == 3 else "Stage 3/4 'stage2', iterations 5-6"
+    )
+    memd = MEMD(num_feat=4, num_dense_layers=1, growth_rate=4)
+    memd.load_state_dict(torch.load(stopped / "models/memd_stage1.pth", weights_only=True)["params"])
+    teacher = torch.load(stopped / "models/net_t_latest.pth", weights_only=True)["params"]
+    original = torch.load(tmp_path / "experiments/erl/models/net_t_teacher.pth", weights_only=True)["params"]
+    assert all(torch.equal(teacher[k], original[k]) for k in original)  # the teacher never changes after its stage
+
+
+@pytest.mark.slow
+def test_torchrun_crosses_stage_boundaries(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt_file = write_options(tmp_path, erl_options(tiny_lmdb, "erl_ddp", [1, 1, 1, 1]))
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "erl_plugin.train"]
+    result = run_python([*args, "-opt", str(opt_file), "--launcher", "pytorch"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "World size (gpu number): 2" in result.stderr
+    assert len(stage_lines(result.stderr)) == 4
+    assert (tmp_path / "experiments/erl_ddp/models/net_g_latest.pth").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda o: o["train"].update(stage_iters=[1, 1, 1, 2]), "do not add up to train.total_iter = 4"),
+        (
+            lambda o: o["network_g"].update(backbone={"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3}),
+            "network_g: backbone.type: EDSR does not implement the encoder/decoder protocol",
+        ),
+        (lambda o: o["train"].update(strategy="MA_X"), "train.strategy: 'MA_X' is not a strategy"),
+    ],
+)
+def test_bad_erl_options_stop_before_training(tmp_path: Path, tiny_lmdb: dict[str, str], change, message: str) -> None:
+    opt = erl_options(tiny_lmdb, "bad", [1, 1, 1, 1])
+    change(opt)
+    result = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr
