@@ -23,7 +23,8 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python tools/synthesize_rain.py --out $(DEMO_DATA) --preset heavy --seed 0 --lmdb --overwrite
+	$(BIN)/python tools/synthesize_rain.py --out $(DEMO_DATA) --preset heavy --seed 0 --lmdb --overwrite \
+		--patches-per-image 12 --variants-per-patch 2
 	$(BIN)/erl-train -opt options/erl_demo.yml
 	$(BIN)/python tools/evaluate.py --data $(DEMO_DATA)/test --out results/demo --min-gain-db 3 \
 		--model MEMD options/erl_demo.yml experiments/erl_demo/models/memd_stage1.pth \

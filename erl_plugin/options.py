@@ -12,9 +12,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 
+from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.models.stages import StageError, parse_stages
 
 
@@ -105,12 +107,35 @@ def _check_path(value: Any, where: str, source: str) -> None:
         )
 
 
+def _check_checkpoint_fits(
+    net: torch.nn.Module, path: Mapping[str, Any], suffix: str, source: str, what: str | None = None
+) -> None:
+    """Load ``path.pretrain_network_<suffix>`` into ``net`` as BasicSR will, failing with the key."""
+    key = f"pretrain_network_{suffix}"
+    checkpoint = path.get(key)
+    if not isinstance(checkpoint, str) or not os.path.isfile(os.path.expanduser(checkpoint)):
+        return  # a missing file is reported by the path checks
+    try:
+        state = torch.load(os.path.expanduser(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure: a corrupt or unsafe file
+        raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
+    param_key = path.get(f"param_key_{suffix}", "params")
+    params = state.get(param_key, state) if isinstance(state, dict) else state
+    params = {k.removeprefix("module."): v for k, v in params.items()}
+    try:
+        net.load_state_dict(params, strict=path.get(f"strict_load_{suffix}", True))
+    except (RuntimeError, ValueError) as error:
+        what = what or f"network_{suffix}"
+        raise OptionsError(f"{source}: path.{key}: {checkpoint} does not fit {what}: {error}") from None
+
+
 def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
     """Check what BasicSR would otherwise fail on deep inside its pipeline.
 
     Checks the model, network and dataset types against BasicSR's registries, that each network
-    builds from its options, that every dataset path, meta-info file and pretrained network exists,
-    that the sections the pipeline reads are present, and an ERLModel's stages.
+    builds from its options and takes its pretrained checkpoint, that every dataset path, meta-info
+    file and pretrained network exists, that the sections the pipeline reads are present, and an
+    ERLModel's stages and teacher checkpoint.
 
     Raises:
         OptionsError: naming ``source``, the key and what is allowed.
@@ -130,9 +155,10 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         _check_registered(section["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
         kwargs = {k: v for k, v in copy.deepcopy(section).items() if k != "type"}
         try:  # through the registry: basicsr's build_network would set up its logger before the pipeline does
-            ARCH_REGISTRY.get(section["type"])(**kwargs)
+            net = ARCH_REGISTRY.get(section["type"])(**kwargs)
         except (TypeError, ValueError) as error:
             raise OptionsError(f"{source}: {key}: {error}") from None
+        _check_checkpoint_fits(net, opt.get("path") or {}, key.removeprefix("network_"), source)
     datasets = opt["datasets"]
     if not isinstance(datasets, dict) or not datasets:
         raise OptionsError(f"{source}: datasets: expected a mapping of phases (train, val, test_1, ...)")
@@ -148,6 +174,10 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             _check_path(value, f"path.{key}", source)
     if is_train and "total_iter" not in (opt["train"] or {}):
         raise OptionsError(f"{source}: train.total_iter is missing")
+    if opt["model_type"] == "ERLModel":
+        backbone = opt["network_g"].get("backbone")
+        teacher = build_backbone(backbone)  # network_g built above, so the backbone builds too
+        _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
     if is_train and opt["model_type"] == "ERLModel":
         try:
             parse_stages(opt)

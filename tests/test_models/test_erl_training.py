@@ -103,3 +103,47 @@ def test_bad_erl_options_stop_before_training(tmp_path: Path, tiny_lmdb: dict[st
     result = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_a_backbone_checkpoint_that_does_not_fit_is_refused_up_front(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    wider = tmp_path / "wider_memd.pth"
+    torch.save({"params": MEMD(num_feat=8, num_dense_layers=1, growth_rate=4).state_dict()}, wider)
+    for key in ("pretrain_network_g", "pretrain_network_t"):
+        opt = erl_options(tiny_lmdb, "bad_checkpoint", [1, 1, 1, 1])
+        opt["path"][key] = str(wider)
+        result = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"path.{key}: {wider} does not fit" in result.stderr and "size mismatch" in result.stderr
+
+
+@pytest.mark.slow
+def test_one_stage_alone_chained_to_an_earlier_run(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    first = run_python(
+        ["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, erl_options(tiny_lmdb, "erl", [1, 1, 1, 1])))],
+        tmp_path,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    models = tmp_path / "experiments/erl/models"
+    opt = erl_options(tiny_lmdb, "stage3_alone", [1])
+    for key in ("strategy", "stage_iters", "stage_options"):
+        del opt["train"][key]
+    opt["train"].update(
+        stages=[{"name": "stage3", "iters": 2, "train": ["residual_encoder", "decoder"], "losses": ["pixel"]}],
+        total_iter=2,
+    )
+    opt["path"].update(
+        pretrain_network_g=str(models / "net_g_stage2.pth"), pretrain_network_t=str(models / "net_t_teacher.pth")
+    )
+    alone = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt, "alone.yml"))], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert stage_lines(alone.stderr) == ["Stage 1/1 'stage3', iterations 1-2"]
+    start = torch.load(models / "net_g_stage2.pth", weights_only=True)["params"]
+    end = torch.load(tmp_path / "experiments/stage3_alone/models/net_g_latest.pth", weights_only=True)["params"]
+    encoder_keys = [
+        k
+        for k in start
+        if k.startswith("backbone.")
+        and not k.startswith(("backbone.ups", "backbone.fusions", "backbone.decoder_blocks", "backbone.head"))
+    ]
+    assert encoder_keys and all(torch.equal(start[k], end[k]) for k in encoder_keys)  # the main encoder stayed frozen
+    assert not torch.equal(start["backbone.head.weight"], end["backbone.head.weight"])  # the decoder trained
