@@ -19,7 +19,8 @@ OPTIONS = str(REPO / "options/erl_demo.yml")
 def test_demo_pipeline_end_to_end(tmp_path: Path) -> None:
     synth = [str(REPO / "tools/synthesize_rain.py"), "--out", "datasets/synthetic_rain", "--lmdb", "--no-progress"]
     assert run_python(synth, tmp_path).returncode == 0
-    short = ["--set", "train.stage_iters=[4, 12, 6, 6]", "--set", "train.total_iter=28", "--set", "val.val_freq=28"]
+    short = ["--set", "train.stage_iters=[4, 12, 6, 6]", "--set", "train.total_iter=28"]
+    short += ["--set", "val.val_freq=28", "--set", "logger.print_freq=1"]
     train = run_python(["-m", "erl_plugin.train", "-opt", OPTIONS, *short], tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert train.stderr.count("Stage ") >= 4 and "l_fre:" in train.stderr and "End of training" in train.stderr

@@ -52,36 +52,22 @@ def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = MEMD(**{k: v for k, v in opt["network_g"].items() if k != "type"})
     torch.save({"params": net.state_dict()}, tmp_path / "net.pth")
-    means = evaluate(
-        str(REPO / "options/memd_demo.yml"),
-        str(tmp_path / "net.pth"),
-        str(tmp_path / "test"),
-        str(tmp_path / "out"),
-        label="MEMD",
-        show=2,
-    )
+    models = [("MEMD", str(REPO / "options/memd_demo.yml"), str(tmp_path / "net.pth"))]
+    means = evaluate(models, str(tmp_path / "test"), str(tmp_path / "out"), show=2)
     assert set(means) == {"rainy input", "MEMD"}
     rows = (tmp_path / "out/scores.csv").read_text().splitlines()
     columns = [f"{v} {m} ({PROTOCOL})" for v in ("rainy", "MEMD") for m in ("PSNR", "SSIM")]
     assert rows[0] == ",".join(["image", *columns])
     assert len(rows) == 4
-    assert cv2.imread(str(tmp_path / "out/comparison.png")).shape[1] == 3 * 256
+    assert cv2.imread(str(tmp_path / "out/comparison.png")).shape[1] == 3 * 256  # rainy | MEMD | clean
     summary = (tmp_path / "out/summary.md").read_text()
     assert f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
     assert format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
 
 
 def test_evaluate_tool_reports_bad_input(tmp_path: Path) -> None:
-    args = [
-        "--opt",
-        str(REPO / "options/memd_demo.yml"),
-        "--checkpoint",
-        "nowhere.pth",
-        "--data",
-        str(tmp_path),
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    result = run_python([str(REPO / "tools/evaluate.py"), *args], tmp_path)
+    model = ["--model", "MEMD", str(REPO / "options/memd_demo.yml"), "nowhere.pth"]
+    result = run_python([str(REPO / "tools/evaluate.py"), *model, "--data", str(tmp_path), "--out", "o"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "nowhere.pth" in result.stderr
