@@ -175,7 +175,9 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     if is_train and "total_iter" not in (opt["train"] or {}):
         raise OptionsError(f"{source}: train.total_iter is missing")
     if opt["model_type"] == "ERLModel":
-        backbone = opt["network_g"].get("backbone")
+        if opt["network_g"]["type"] != "ERLNet":
+            raise OptionsError(f"{source}: network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
+        backbone = opt["network_g"]["backbone"]
         teacher = build_backbone(backbone)  # network_g built above, so the backbone builds too
         _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
     if is_train and opt["model_type"] == "ERLModel":

@@ -19,7 +19,7 @@ from typing import Any
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from erl_plugin.archs.protocol import protocol_problems
+from erl_plugin.archs.protocol import part_parameters, protocol_problems
 
 BRANCHES = ("main_encoder", "decoder", "residual_encoder")
 ENTANGLE = ("clgd", "mlgd")
@@ -166,10 +166,7 @@ class ERLNet(nn.Module):
             if self.projections is not None:
                 yield from self.projections.parameters()
             return
-        decoder = set(self.backbone.decoder_modules)
-        for child_name, child in self.backbone.named_children():
-            if (child_name in decoder) == (name == "decoder"):
-                yield from child.parameters()
+        yield from part_parameters(self.backbone, "decoder" if name == "decoder" else "encoder")
 
     def backbone_state_dict(self) -> dict[str, Tensor]:
         """The backbone's weights, loadable by the plain backbone network (``type: MEMD``)."""

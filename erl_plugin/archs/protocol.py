@@ -34,7 +34,7 @@ Example:
     >>> out = net.decode(bottleneck + residual, skips, x)
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +86,16 @@ def protocol_problems(net: object) -> list[str]:
     if not isinstance(decoder_modules, tuple) or not all(name in children for name in decoder_modules):
         problems.append("decoder_modules is not a tuple naming child modules")
     return problems
+
+
+def part_parameters(net: nn.Module, part: str) -> Iterator[nn.Parameter]:
+    """Parameters of a protocol network's ``encoder`` or ``decoder`` (split by ``decoder_modules``)."""
+    if part not in ("encoder", "decoder"):
+        raise ValueError(f"part={part!r} is not allowed; choose encoder or decoder")
+    decoder = set(net.decoder_modules)
+    for name, child in net.named_children():
+        if (name in decoder) == (part == "decoder"):
+            yield from child.parameters()
 
 
 def implements_protocol(net: object) -> bool:

@@ -32,6 +32,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
 from erl_plugin.archs.erl_arch import ERLNet, build_backbone
+from erl_plugin.archs.protocol import part_parameters
 from erl_plugin.models.stages import Stage, parse_stages
 
 SCHEDULERS = {
@@ -98,10 +99,6 @@ class ERLModel(SRModel):
             self.net_g_ema.eval()
         self.cri_pix = build_loss(copy.deepcopy(train_opt["pixel_opt"])).to(self.device)
         uses_feature = any("feature" in stage.losses for stage in self.stages)
-        if uses_feature and not train_opt.get("feature_opt"):
-            raise ValueError(
-                "train.feature_opt is missing; a stage uses the feature loss (type: FeatureReconstructionLoss)"
-            )
         self.cri_feat = build_loss(copy.deepcopy(train_opt["feature_opt"])).to(self.device) if uses_feature else None
         self.net_t.eval()
 
@@ -122,9 +119,7 @@ class ERLModel(SRModel):
         if branch == "teacher":
             return list(self.get_bare_model(self.net_t).parameters())
         if branch == "teacher_encoder":
-            teacher = self.get_bare_model(self.net_t)
-            decoder = set(teacher.decoder_modules)
-            return [p for name, child in teacher.named_children() if name not in decoder for p in child.parameters()]
+            return list(part_parameters(self.get_bare_model(self.net_t), "encoder"))
         return list(bare_g.branch_parameters(branch))
 
     def _enter_stage(self, index: int) -> None:

@@ -137,7 +137,8 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
 
     Raises:
         StageError: naming the key: unknown strategy, branch or loss; iterations that do not add up
-            to ``train.total_iter``; a feature loss with no teacher; a duplicate stage name.
+            to ``train.total_iter``; a feature loss with no teacher or no ``train.feature_opt``; a
+            duplicate stage name.
     """
     train_opt = opt.get("train") or {}
     mode = train_opt.get("teacher_mode", "independent")
@@ -187,6 +188,10 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
         )
         teacher_ready = teacher_ready or teacher_branch in raw["train"]
         first += raw["iters"]
+    if any("feature" in stage.losses for stage in stages) and not train_opt.get("feature_opt"):
+        raise StageError(
+            "train.feature_opt is missing: a stage uses the feature loss (type: FeatureReconstructionLoss)"
+        )
     total = train_opt.get("total_iter")
     if first - 1 != total:
         counts = " + ".join(str(stage.iters) for stage in stages)

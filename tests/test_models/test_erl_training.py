@@ -146,3 +146,21 @@ def test_one_stage_alone_chained_to_an_earlier_run(tmp_path: Path, tiny_lmdb: di
     ]
     assert encoder_keys and all(torch.equal(start[k], end[k]) for k in encoder_keys)  # the main encoder stayed frozen
     assert not torch.equal(start["backbone.head.weight"], end["backbone.head.weight"])  # the decoder trained
+
+
+@pytest.mark.slow
+def test_erl_test_runs_a_trained_erlnet(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt = erl_options(tiny_lmdb, "erl", [1, 1, 1, 1])
+    trained = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    test_opt = {k: opt[k] for k in ("model_type", "scale", "num_gpu", "manual_seed", "network_g")}
+    test_opt.update(
+        name="erl_test",
+        datasets={"test_1": opt["datasets"]["val"]},
+        path={"pretrain_network_g": str(tmp_path / "experiments/erl/models/net_g_latest.pth")},
+        val={**opt["val"], "save_img": True, "suffix": None},
+    )
+    tested = run_python(["-m", "erl_plugin.test", "-opt", str(write_options(tmp_path, test_opt, "t.yml"))], tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "# psnr:" in tested.stderr
+    assert len(list((tmp_path / "results/erl_test/visualization/tiny_test").glob("*.png"))) == 2

@@ -8,7 +8,7 @@ MEN_MDE = ("main_encoder", "decoder")
 
 
 def _opt(train: dict, **path: str) -> dict:
-    return {"train": train, "path": path}
+    return {"train": {"feature_opt": {"type": "FeatureReconstructionLoss"}, **train}, "path": path}
 
 
 @pytest.mark.parametrize(
@@ -100,6 +100,10 @@ def test_stage_options_override_one_stage() -> None:
             "train.stage_options: unknown stage(s) ['stage4']",
         ),
         ({"total_iter": 3}, "give either strategy"),
+        (
+            {"strategy": "MA_A", "stage_iters": [1, 1, 1], "total_iter": 3, "feature_opt": None},
+            "train.feature_opt is missing: a stage uses the feature loss",
+        ),
     ],
 )
 def test_bad_stage_options_name_the_key(train: dict, message: str) -> None:
