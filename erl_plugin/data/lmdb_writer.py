@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
 
 import cv2
 import lmdb
@@ -30,6 +30,10 @@ from tqdm import tqdm
 
 __all__ = [
     "ImageFileError",
+    "ImageLmdbWriter",
+    "check_image_lmdb",
+    "encode_png",
+    "image_shape",
     "read_image",
     "staged_directory",
     "write_image_lmdb",
@@ -42,6 +46,7 @@ _INITIAL_MAP_SIZE = 256 * 1024**2
 _COMMIT_EVERY_ITEMS = 256
 _COMMIT_EVERY_BYTES = 64 * 1024**2
 _MAX_KEY_BYTES = 511  # LMDB's default maximum key size
+_META_LINE = re.compile(r"(?P<key>[^.\s]+)\.png \((?P<h>[0-9]+),(?P<w>[0-9]+),(?P<c>[0-9]+)\) [0-9]")
 
 ImageCheck = Callable[[str, str, np.ndarray], None]
 
@@ -225,6 +230,165 @@ def write_paired_lmdb(
     return lq_path, gt_path
 
 
+class ImageLmdbWriter:
+    """Stream PNG-encoded images into a new BasicSR LMDB folder and its ``meta_info.txt``.
+
+    Images are committed in batches (bounded memory); the map size doubles when full. Closing (or
+    leaving the ``with`` block without an error) commits the rest and flushes to disk. The folder
+    should be a staging folder (:func:`staged_directory`): on error the writer only closes, and the
+    partial LMDB is left for the stage to delete.
+
+    Args:
+        folder: Existing empty folder that receives ``data.mdb`` and ``meta_info.txt``.
+        compress_level: PNG compression level recorded in ``meta_info.txt``. Default: 1.
+
+    Example:
+        >>> with ImageLmdbWriter(stage / "lq.lmdb") as writer:
+        ...     writer.add("rain-1", encode_png(image), image_shape(image))
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, compress_level: int = 1) -> None:
+        _check_compress_level(compress_level)
+        self.folder = Path(folder)
+        self.compress_level = compress_level
+        self.lines: list[str] = []
+        self._seen: set[str] = set()
+        self._pending: list[tuple[bytes, bytes, str]] = []
+        self._pending_bytes = 0
+        self._env = lmdb.open(str(self.folder), map_size=_INITIAL_MAP_SIZE, meminit=False)
+        self._meta = open(self.folder / "meta_info.txt", "w", encoding="ascii", newline="\n")
+
+    def add(self, key: str, encoded: bytes, shape: tuple[int, int, int]) -> None:
+        """Queue one PNG-encoded image under ``key`` (key rules as in :func:`write_image_lmdb`).
+
+        Args:
+            key: LMDB key.
+            encoded: PNG bytes.
+            shape: ``(height, width, channels)`` of the decoded image, as recorded in ``meta_info.txt``.
+
+        Raises:
+            ValueError: For an invalid or repeated key.
+        """
+        key = _check_key(key, self._seen)
+        height, width, channels = shape
+        line = f"{key}.png ({height},{width},{channels}) {self.compress_level}\n"
+        self._pending.append((key.encode("ascii"), encoded, line))
+        self._pending_bytes += len(encoded)
+        if len(self._pending) >= _COMMIT_EVERY_ITEMS or self._pending_bytes >= _COMMIT_EVERY_BYTES:
+            self._commit()
+
+    def close(self) -> list[str]:
+        """Commit what is queued, flush and close; returns the ``meta_info.txt`` lines written."""
+        try:
+            self._commit()
+            self._env.sync()
+        finally:
+            self._env.close()
+            self._meta.close()
+        return self.lines
+
+    def __enter__(self) -> ImageLmdbWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._env.close()
+            self._meta.close()
+
+    def _commit(self) -> None:
+        """Put the queued images in one transaction (doubling the map size until it fits), then log them."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value, _ in self._pending:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        for _, _, line in self._pending:
+            self._meta.write(line)
+            self.lines.append(line)
+        self._pending, self._pending_bytes = [], 0
+
+
+def encode_png(image: np.ndarray, compress_level: int = 1, path: str | os.PathLike[str] = "<array>") -> bytes:
+    """PNG-encode an OpenCV image losslessly.
+
+    Args:
+        image: Array as :func:`read_image` returns it.
+        compress_level: PNG compression level, 0-9. Default: 1.
+        path: Where the image came from, named in the error.
+
+    Raises:
+        ImageFileError: If OpenCV cannot encode the array.
+    """
+    ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    if not ok:
+        raise ImageFileError(f"image file {path} cannot be encoded as PNG")
+    return encoded.tobytes()
+
+
+def image_shape(image: np.ndarray) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of an OpenCV image, with 1 channel for a 2-D array."""
+    return image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2]
+
+
+def check_image_lmdb(lmdb_path: str | os.PathLike[str]) -> tuple[dict[str, tuple[int, int, int]], list[str]]:
+    """Re-open an image LMDB read-only and check it against its ``meta_info.txt``.
+
+    Every meta line must parse, name a distinct key present in ``data.mdb`` that decodes to the recorded
+    shape, and ``data.mdb`` must hold no key the meta file does not list.
+
+    Args:
+        lmdb_path: The ``<name>.lmdb`` folder.
+
+    Returns:
+        ``(shapes, problems)``: the ``(h, w, c)`` recorded for each key, and one message per problem
+        found (each naming the folder and the key or line); no problems means the LMDB is sound.
+    """
+    folder = Path(lmdb_path)
+    meta_path = folder / "meta_info.txt"
+    if not (folder / "data.mdb").is_file() or not meta_path.is_file():
+        return {}, [f"{folder}: not an image LMDB (data.mdb or meta_info.txt missing)"]
+    shapes: dict[str, tuple[int, int, int]] = {}
+    problems: list[str] = []
+    with open(meta_path, encoding="utf-8", errors="replace") as meta:
+        for number, line in enumerate(meta, start=1):
+            match = _META_LINE.fullmatch(line.rstrip("\n"))
+            if match is None:
+                problems.append(f"{meta_path}:{number}: malformed line {line.rstrip()!r}")
+            elif match["key"] in shapes:
+                problems.append(f"{meta_path}:{number}: key {match['key']!r} listed twice")
+            else:
+                shapes[match["key"]] = (int(match["h"]), int(match["w"]), int(match["c"]))
+    try:
+        env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False, create=False)
+    except lmdb.Error as error:
+        return shapes, [*problems, f"{folder}: data.mdb cannot be opened ({error})"]
+    try:
+        with env.begin() as txn:
+            for key, shape in shapes.items():
+                value = txn.get(key.encode("ascii"))
+                if value is None:
+                    problems.append(f"{folder}: key {key!r} is listed in meta_info.txt but missing from data.mdb")
+                    continue
+                image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+                if image is None:
+                    problems.append(f"{folder}: key {key!r} does not decode as an image")
+                elif image_shape(image) != shape:
+                    decoded = image_shape(image)
+                    problems.append(f"{folder}: key {key!r} decodes to {decoded}, meta_info.txt says {shape}")
+            for raw_key in txn.cursor().iternext(keys=True, values=False):
+                key = raw_key.decode("ascii", errors="replace")
+                if key not in shapes:
+                    problems.append(f"{folder}: key {key!r} is in data.mdb but not listed in meta_info.txt")
+    finally:
+        env.close()
+    return shapes, problems
+
+
 def _check_lmdb_path(lmdb_path: str) -> None:
     if not lmdb_path.endswith(".lmdb"):
         raise ValueError(f"lmdb_path must end with '.lmdb' (BasicSR requires it), got {lmdb_path!r}")
@@ -259,55 +423,19 @@ def _build_lmdb(
     name: str,
 ) -> list[str]:
     """Fill an LMDB in ``folder`` (to become ``name``) and write its meta_info.txt; returns the meta lines."""
-    seen: set[str] = set()
-    lines: list[str] = []
-    pending: list[tuple[bytes, bytes, str]] = []
-    pending_bytes = 0
-    env = lmdb.open(str(folder), map_size=_INITIAL_MAP_SIZE, meminit=False)
-    try:
-        with (
-            open(folder / "meta_info.txt", "w", encoding="ascii", newline="\n") as meta,
-            tqdm(total=total, unit="img", desc=f"LMDB {name}", disable=not progress) as bar,
-        ):
-            for key, path in items:
-                key = _check_key(key, seen)
-                image = read_image(path)
-                if on_image is not None:
-                    on_image(key, str(path), image)
-                ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
-                if not ok:
-                    raise ImageFileError(f"image file {path} cannot be encoded as PNG")
-                height, width = image.shape[:2]
-                channels = 1 if image.ndim == 2 else image.shape[2]
-                line = f"{key}.png ({height},{width},{channels}) {compress_level}\n"
-                pending.append((key.encode("ascii"), encoded.tobytes(), line))
-                pending_bytes += encoded.nbytes
-                if len(pending) >= _COMMIT_EVERY_ITEMS or pending_bytes >= _COMMIT_EVERY_BYTES:
-                    _commit(env, pending, meta, lines)
-                    pending, pending_bytes = [], 0
-                bar.update(1)
-            _commit(env, pending, meta, lines)
-        if not lines:
-            raise ValueError(f"no images given for {name}: an LMDB needs at least one")
-        env.sync()
-    finally:
-        env.close()
-    return lines
-
-
-def _commit(env: lmdb.Environment, pending: list[tuple[bytes, bytes, str]], meta: TextIO, lines: list[str]) -> None:
-    """Put ``pending`` in one transaction (doubling the map size until it fits), then log its lines."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for key, value, _ in pending:
-                    txn.put(key, value)
-            break
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
-    for _, _, line in pending:
-        meta.write(line)
-        lines.append(line)
+    with (
+        ImageLmdbWriter(folder, compress_level=compress_level) as writer,
+        tqdm(total=total, unit="img", desc=f"LMDB {name}", disable=not progress) as bar,
+    ):
+        for key, path in items:
+            image = read_image(path)
+            if on_image is not None:
+                on_image(key, str(path), image)
+            writer.add(key, encode_png(image, compress_level, path), image_shape(image))
+            bar.update(1)
+    if not writer.lines:
+        raise ValueError(f"no images given for {name}: an LMDB needs at least one")
+    return writer.lines
 
 
 def _verify_lmdb(folder: Path, lines: list[str]) -> None:
@@ -315,27 +443,6 @@ def _verify_lmdb(folder: Path, lines: list[str]) -> None:
     with open(folder / "meta_info.txt", encoding="ascii") as meta:
         if meta.readlines() != lines:
             raise RuntimeError(f"verification of {folder} failed: meta_info.txt differs from what was written")
-    # py-lmdb refuses a second handle on one environment per process, so this one is closed before
-    # the folder is renamed and handed to readers.
-    env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False)
-    try:
-        if env.stat()["entries"] != len(lines):
-            raise RuntimeError(
-                f"verification of {folder} failed: {env.stat()['entries']} entries, expected {len(lines)}"
-            )
-        with env.begin() as txn:
-            for line in lines:
-                name, shape, _ = line.split(" ")
-                key = name[: -len(".png")]
-                value = txn.get(key.encode("ascii"))
-                image = None if value is None else cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-                if image is None:
-                    raise RuntimeError(f"verification of {folder} failed: key {key!r} is missing or corrupt")
-                channels = 1 if image.ndim == 2 else image.shape[2]
-                if f"({image.shape[0]},{image.shape[1]},{channels})" != shape:
-                    raise RuntimeError(
-                        f"verification of {folder} failed: key {key!r} decodes to {image.shape}, "
-                        f"meta_info.txt says {shape}"
-                    )
-    finally:
-        env.close()
+    _, problems = check_image_lmdb(folder)
+    if problems:
+        raise RuntimeError(f"verification of {folder} failed: " + "; ".join(problems))
