@@ -167,7 +167,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             raise OptionsError(f"{source}: datasets.{phase}: expected a mapping with a 'type' key")
         _check_registered(dataset["type"], DATASET_REGISTRY, f"datasets.{phase}.type", "dataset", source)
         for key, value in dataset.items():
-            if key.startswith("dataroot_") or key == "meta_info_file":
+            if key.startswith("dataroot") or key in ("meta_info_file", "pair_list"):
                 _check_path(value, f"datasets.{phase}.{key}", source)
     for key, value in (opt["path"] or {}).items():
         if key.startswith("pretrain_network_"):

@@ -22,6 +22,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from PIL import Image
 from torch.utils import data
 
+from erl_plugin.data.layouts import LAYOUTS, SIDE_BY_SIDE_LAYOUTS, find_pairs, source_root
 from erl_plugin.data.lmdb_env import open_lmdb
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image
 from erl_plugin.data.pair_list import read_pair_list
@@ -121,6 +122,13 @@ class DerainPairedDataset(data.Dataset):
             dataroot_gt (str): Folder of clean images, or an LMDB folder.
             io_backend (dict): ``{'type': 'disk'}`` or ``{'type': 'lmdb'}``. A root ending in
                 ``.lmdb`` is read as an LMDB either way. Default: ``{'type': 'disk'}``.
+            layout (str | None): Read an original data set folder as published instead of two
+                roots: one of ``rain100h``, ``rain100l``, ``rain200h``, ``rain200l``, ``rain13k``,
+                ``ddn``, ``did`` (side-by-side: left half lq, right half gt), ``raindrop``, ``pairs``
+                (with ``lq_dir``/``gt_dir``, default ``input``/``target``) or ``list`` (see
+                :mod:`erl_plugin.data.layouts`). Then ``dataroot`` names the folder (the pair-list
+                file for ``list``) and ``dataroot_lq``/``dataroot_gt``/``pair_list`` are not used.
+                Default: None.
             pair_list (str | None): Pair-list file (:mod:`erl_plugin.data.pair_list`) of
                 ``<lq> <gt>`` lines: paths relative to the roots for folders, keys for LMDBs. A gt
                 entry may repeat (many rainy images share one clean image). Default: None, which
@@ -162,6 +170,40 @@ class DerainPairedDataset(data.Dataset):
         backend = opt.get("io_backend") or {"type": "disk"}
         if not isinstance(backend, Mapping) or backend.get("type") not in _BACKENDS:
             raise _option_error("io_backend", backend, f"expected a dict with 'type' in {_BACKENDS}")
+        self.layout: str | None = opt.get("layout")
+        if self.layout is None:
+            self._check_roots(backend)
+        else:
+            self._check_layout()
+
+        self.phase = opt.get("phase")
+        if self.phase not in _PHASES:
+            raise _option_error("phase", self.phase, f"expected one of {_PHASES}")
+        if opt.get("scale", 1) != 1:
+            raise _option_error("scale", opt["scale"], "deraining keeps the size: expected 1")
+
+        self.gt_size: int | None = opt.get("gt_size")
+        if self.gt_size is not None and (
+            isinstance(self.gt_size, bool) or not isinstance(self.gt_size, int) or self.gt_size < 1
+        ):
+            raise _option_error("gt_size", self.gt_size, "expected a positive integer or None")
+        flags = {"use_crop": self.gt_size is not None and self.phase == "train", "use_hflip": False, "use_rot": False}
+        for key, default in flags.items():
+            value = opt.get(key, default)
+            if value is None:
+                value = default
+            if not isinstance(value, bool):
+                raise _option_error(key, value, "expected true or false")
+            flags[key] = value
+        self.use_crop, self.use_hflip, self.use_rot = flags["use_crop"], flags["use_hflip"], flags["use_rot"]
+        if self.use_crop and self.gt_size is None:
+            raise _option_error("use_crop", True, "cropping needs 'gt_size' (a positive integer)")
+        self.small_images = opt.get("small_images", "pad")
+        if self.small_images not in _SMALL_IMAGES:
+            raise _option_error("small_images", self.small_images, f"expected one of {_SMALL_IMAGES}")
+
+    def _check_roots(self, backend: Mapping[str, Any]) -> None:
+        opt = self.opt
         roots = {}
         for key in ("dataroot_lq", "dataroot_gt"):
             value = opt.get(key)
@@ -193,33 +235,25 @@ class DerainPairedDataset(data.Dataset):
             pair_list = os.fspath(pair_list)
         self.pair_list: str | None = pair_list
 
-        self.phase = opt.get("phase")
-        if self.phase not in _PHASES:
-            raise _option_error("phase", self.phase, f"expected one of {_PHASES}")
-        if opt.get("scale", 1) != 1:
-            raise _option_error("scale", opt["scale"], "deraining keeps the size: expected 1")
-
-        self.gt_size: int | None = opt.get("gt_size")
-        if self.gt_size is not None and (
-            isinstance(self.gt_size, bool) or not isinstance(self.gt_size, int) or self.gt_size < 1
-        ):
-            raise _option_error("gt_size", self.gt_size, "expected a positive integer or None")
-        flags = {"use_crop": self.gt_size is not None and self.phase == "train", "use_hflip": False, "use_rot": False}
-        for key, default in flags.items():
-            value = opt.get(key, default)
-            if value is None:
-                value = default
-            if not isinstance(value, bool):
-                raise _option_error(key, value, "expected true or false")
-            flags[key] = value
-        self.use_crop, self.use_hflip, self.use_rot = flags["use_crop"], flags["use_hflip"], flags["use_rot"]
-        if self.use_crop and self.gt_size is None:
-            raise _option_error("use_crop", True, "cropping needs 'gt_size' (a positive integer)")
-        self.small_images = opt.get("small_images", "pad")
-        if self.small_images not in _SMALL_IMAGES:
-            raise _option_error("small_images", self.small_images, f"expected one of {_SMALL_IMAGES}")
+    def _check_layout(self) -> None:
+        opt = self.opt
+        if self.layout not in LAYOUTS:
+            raise _option_error("layout", self.layout, f"expected one of {', '.join(LAYOUTS)}")
+        for key in ("dataroot_lq", "dataroot_gt", "pair_list"):
+            if opt.get(key) is not None:
+                raise _option_error(key, opt[key], "not used with 'layout' (it pairs the files under 'dataroot')")
+        source = opt.get("dataroot")
+        if not isinstance(source, (str, os.PathLike)) or not os.path.exists(source):
+            raise FileNotFoundError(f"DerainPairedDataset option 'dataroot' = {source!r}: no such folder or file")
+        self.source = os.fspath(source)
+        self.lq_root = self.gt_root = str(source_root(self.layout, self.source))
+        self.lmdb, self.pair_list = False, None
 
     def _build_pairs(self) -> list[tuple[str, str]]:
+        if self.layout is not None:
+            folders = {"lq_dir": self.opt.get("lq_dir", "input"), "gt_dir": self.opt.get("gt_dir", "target")}
+            found = find_pairs(self.layout, self.source, **folders)
+            return [(os.path.join(self.lq_root, lq), os.path.join(self.gt_root, gt)) for lq, gt in found]
         if self.lmdb:
             return self._lmdb_pairs()
         if self.pair_list is not None:
@@ -277,6 +311,9 @@ class DerainPairedDataset(data.Dataset):
         for lq, gt in self.pairs:
             if self.lmdb:
                 sizes = (self._lmdb_sizes["lq"][lq], self._lmdb_sizes["gt"][gt])
+            elif self.layout in SIDE_BY_SIDE_LAYOUTS:
+                height, width = _image_size(lq)
+                sizes = ((height, width // 2),)
             else:
                 sizes = (_image_size(lq), _image_size(gt))
             if all(min(hw) >= size for hw in sizes):
@@ -297,8 +334,11 @@ class DerainPairedDataset(data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         lq_path, gt_path = self.pairs[index]
-        img_lq, lq_name = self._load(lq_path, self.lq_root)
-        img_gt, gt_name = self._load(gt_path, self.gt_root)
+        if self.layout in SIDE_BY_SIDE_LAYOUTS:
+            img_lq, img_gt, lq_name, gt_name = self._load_side_by_side(lq_path)
+        else:
+            img_lq, lq_name = self._load(lq_path, self.lq_root)
+            img_gt, gt_name = self._load(gt_path, self.gt_root)
         if img_lq.shape[:2] != img_gt.shape[:2]:
             raise ValueError(
                 f"size mismatch: lq {lq_name} is {img_lq.shape[0]}x{img_lq.shape[1]} but gt {gt_name} is "
@@ -325,6 +365,14 @@ class DerainPairedDataset(data.Dataset):
         if image is None or image.size == 0:
             raise ImageFileError(f"{name}: the stored bytes cannot be decoded as an image")
         return self._to_bgr_float(image, name), name
+
+    def _load_side_by_side(self, path: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """One ``[ rainy | clean ]`` image (DID-MDN): the left half is lq, the right half gt."""
+        image, name = self._load(path, self.lq_root)
+        width = image.shape[1]
+        if width % 2:
+            raise ImageFileError(f"{name} is {width} pixels wide: a side-by-side pair needs an even width")
+        return image[:, : width // 2], image[:, width // 2 :], f"{name}#left", f"{name}#right"
 
     def _to_bgr_float(self, image: np.ndarray, name: str) -> np.ndarray:
         if image.dtype == np.uint8:
