@@ -28,7 +28,7 @@ def test_options_file_is_consistent(path: Path) -> None:
     try:
         validate_options(opt, str(path), is_train=is_train)
     except OptionsError as error:  # run from the repo root, where the data sets are not laid out
-        assert ".dataroot_" in str(error) or "pretrain_network_g" in str(error), error
+        assert ".dataroot" in str(error) or "pretrain_network_g" in str(error), error
 
 
 def test_rain100h_follows_the_paper() -> None:

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_python, tiny_options, write_options
+from basicsr.data import build_dataset
+from conftest import REPO, run_python, tiny_options, write_options
 from test_create_lmdb import BUILDERS, _build
 
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.data.convert import convert_dataset
+from erl_plugin.data.layouts import LAYOUTS
+from erl_plugin.options import load_options
 
 
 def _convert(case: str, tmp_path: Path) -> tuple[str, Path, Path]:
@@ -50,3 +53,20 @@ def test_each_layout_trains_from_lmdb_and_validates_on_the_original_folder(tmp_p
     result = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "End of training" in result.stderr and f"Validation {case}" in result.stderr
+
+
+BENCHMARK_OPTIONS = sorted((REPO / "options").glob("erl_rain100h.yml")) + sorted(
+    (REPO / "options/benchmarks").glob("*.yml")
+)
+
+
+@pytest.mark.parametrize("path", BENCHMARK_OPTIONS, ids=lambda p: p.name)
+def test_benchmark_options_build_their_datasets_on_fixtures(tmp_path: Path, path: Path) -> None:
+    opt = load_options(str(path))
+    train, val = dict(opt["datasets"]["train"]), dict(opt["datasets"]["val"])
+    # a fixture of the same layout function (rain200l reads like rain200h)
+    case = next(name for name, (layout, _) in sorted(BUILDERS.items()) if LAYOUTS[layout] is LAYOUTS[val["layout"]])
+    _, src, dst = _convert(case, tmp_path)
+    train.update(_lmdb_options(dst), phase="train", gt_size=8)
+    val.update(dataroot=str(src), phase="val")
+    assert len(build_dataset(train)) == len(build_dataset(val)) > 0
