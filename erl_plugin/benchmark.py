@@ -1,12 +1,14 @@
-"""What ERL-Net costs over its MEMD backbone: training step per stage, inference, size, FLOPs.
+"""What ERL-Net costs over its MEMD backbone, and how fast the data path feeds training.
 
 The MEMD step is BasicSR's ``SRModel`` training a plain MEMD; each ERL stage is ``ERLModel``
 running that stage's ``optimize_parameters`` on the same batch. Times are medians over repeats
 after warm-up, measured in one process so that the ratios compare like with like. Targets (from
 the design): a stage II or III step at most 1.35x a MEMD step; ERL-Net inference at most 1.6x MEMD.
+:func:`loader_benchmark` measures training patches per second from image folders and from LMDB.
 """
 
 import copy
+import os
 import platform
 import statistics
 import tempfile
@@ -143,4 +145,72 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {seconds * 1e3:.1f} | {result['params'][name]:,} | {result['flops'][name] / 1e9:.2f} |"
         )
     lines += ["", f"ERL-Net / MEMD inference: {result['inference_ratio']:.2f}x (target <= {INFERENCE_TARGET})."]
+    return "\n".join(lines)
+
+
+def loader_benchmark(
+    patch: int = 320, workers: tuple[int, ...] = (0, 2), images: int = 24, batch: int = 4, batches: int = 40
+) -> dict[str, Any]:
+    """Training patches per second through BasicSR's DataLoader, from image folders and from LMDB.
+
+    Writes ``images`` random PNG pairs of 1.5x ``patch`` into a temporary folder, converts them with
+    :func:`erl_plugin.data.convert.convert_dataset`, and times ``batches`` batches of
+    :class:`~erl_plugin.data.DerainPairedDataset` random crops (after one warm-up epoch start)
+    for each backend and worker count.
+    """
+    import cv2
+    import numpy as np
+    from basicsr.data import build_dataloader
+
+    from erl_plugin.data import DerainPairedDataset
+    from erl_plugin.data.convert import convert_dataset
+
+    side = patch * 3 // 2
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        rng = np.random.default_rng(0)
+        for kind in ("input", "target"):
+            os.makedirs(os.path.join(folder, "src", kind))
+        for index in range(images):
+            for kind in ("input", "target"):
+                image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                cv2.imwrite(os.path.join(folder, "src", kind, f"{index:04d}.png"), image)
+        convert_dataset("pairs", os.path.join(folder, "src"), os.path.join(folder, "lmdb"), progress=False)
+        roots = {
+            "folder": {"dataroot_lq": f"{folder}/src/input", "dataroot_gt": f"{folder}/src/target"},
+            "lmdb": {
+                "dataroot_lq": f"{folder}/lmdb/lq.lmdb",
+                "dataroot_gt": f"{folder}/lmdb/gt.lmdb",
+                "io_backend": {"type": "lmdb"},
+            },
+        }
+        for backend, root in roots.items():
+            dataset = DerainPairedDataset({**root, "phase": "train", "gt_size": patch})
+            for count in workers:
+                options = {"phase": "train", "batch_size_per_gpu": batch, "num_worker_per_gpu": count}
+                loader = build_dataloader(dataset, options, num_gpu=0, dist=False, sampler=None, seed=0)
+                stream = iter(_endless(loader))
+                next(stream)
+                start = time.perf_counter()
+                for _ in range(batches):
+                    next(stream)
+                rates[f"{backend}, {count} workers"] = batches * batch / (time.perf_counter() - start)
+    return {"patch": patch, "batch": batch, "images": images, "patches_per_s": rates}
+
+
+def _endless(loader: Any) -> Any:
+    while True:
+        yield from loader
+
+
+def loader_markdown(result: dict[str, Any], device: str) -> str:
+    """The loader rates as a Markdown table naming the settings."""
+    lines = [
+        f"DataLoader on {device}: {result['patch']}x{result['patch']} random crops from {result['images']} "
+        f"PNG pairs of {result['patch'] * 3 // 2}x{result['patch'] * 3 // 2}, batch {result['batch']}.",
+        "",
+        "| source | patches/s |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {name} | {rate:.1f} |" for name, rate in result["patches_per_s"].items()]
     return "\n".join(lines)
