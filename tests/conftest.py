@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import lmdb
 import numpy as np
 import pytest
 import yaml
@@ -125,6 +126,19 @@ def tiny_options(data: dict[str, str], name: str = "tiny", total_iter: int = 2) 
         },
         "logger": {"print_freq": 1, "save_checkpoint_freq": total_iter, "use_tb_logger": False},
     }
+
+
+def read_lmdb_images(lmdb_path: str | Path) -> dict[str, np.ndarray]:
+    """Every key of an image LMDB, decoded (opened and closed here, not through the shared cache)."""
+    env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False)
+    try:
+        with env.begin() as txn:
+            return {
+                key.decode(): cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
+                for key, value in txn.cursor()
+            }
+    finally:
+        env.close()
 
 
 def write_options(folder: Path, opt: dict[str, Any], filename: str = "opt.yml") -> Path:

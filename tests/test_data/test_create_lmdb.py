@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
+from conftest import read_lmdb_images
 
 from erl_plugin.data import convert
 from erl_plugin.data.convert import ConversionError, convert_dataset, make_keys, verify_dataset
@@ -105,18 +105,6 @@ def _build(case: str, tmp_path: Path) -> tuple[str, Path, Expected]:
     return layout, src / "list.txt" if layout == "list" else src, expected
 
 
-def _read_lmdb(folder: Path) -> dict[str, np.ndarray]:
-    env = lmdb.open(str(folder), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return {
-                key.decode(): cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-                for key, value in txn.cursor()
-            }
-    finally:
-        env.close()
-
-
 def _leftovers(tmp_path: Path) -> list[str]:
     return sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("dst"))
 
@@ -127,7 +115,7 @@ def test_each_layout_converts_to_the_source_pixels(tmp_path: Path, case: str) ->
     summary = convert_dataset(layout, src, tmp_path / "dst", progress=False)
     pairs = read_pair_list(tmp_path / "dst" / "pairs.txt")
     assert summary.pairs == len(pairs) == len(expected)
-    lq_images, gt_images = _read_lmdb(tmp_path / "dst/lq.lmdb"), _read_lmdb(tmp_path / "dst/gt.lmdb")
+    lq_images, gt_images = read_lmdb_images(tmp_path / "dst/lq.lmdb"), read_lmdb_images(tmp_path / "dst/gt.lmdb")
     for (lq_key, gt_key), (lq, gt) in zip(pairs, expected, strict=True):
         np.testing.assert_array_equal(lq_images[lq_key], lq)
         np.testing.assert_array_equal(gt_images[gt_key], gt)
@@ -138,7 +126,7 @@ def test_ddn_stores_each_clean_image_once(tmp_path: Path) -> None:
     _, src, _ = _build("ddn", tmp_path)
     summary = convert_dataset("ddn", src, tmp_path / "dst", progress=False)
     assert (summary.pairs, summary.lq_images, summary.gt_images) == (6, 6, 2)
-    assert sorted(_read_lmdb(tmp_path / "dst/gt.lmdb")) == ["ground_truth__1", "ground_truth__2"]
+    assert sorted(read_lmdb_images(tmp_path / "dst/gt.lmdb")) == ["ground_truth__1", "ground_truth__2"]
     pairs = read_pair_list(tmp_path / "dst/pairs.txt")
     assert pairs[:3] == [(f"rainy_image__1_{k}", "ground_truth__1") for k in (1, 2, 3)]
     sources = (tmp_path / "dst/sources.txt").read_text(encoding="utf-8").splitlines()
@@ -161,7 +149,7 @@ def test_conversion_is_byte_identical_across_runs_and_workers(tmp_path: Path) ->
     convert_dataset("pairs", src, tmp_path / "dst2", progress=False, workers=2)
     for name in ("pairs.txt", "sources.txt", "lq.lmdb/meta_info.txt", "gt.lmdb/meta_info.txt"):
         assert (tmp_path / "dst1" / name).read_bytes() == (tmp_path / "dst2" / name).read_bytes()
-    assert _read_lmdb(tmp_path / "dst1/lq.lmdb").keys() == _read_lmdb(tmp_path / "dst2/lq.lmdb").keys()
+    assert read_lmdb_images(tmp_path / "dst1/lq.lmdb").keys() == read_lmdb_images(tmp_path / "dst2/lq.lmdb").keys()
     assert read_pair_list(tmp_path / "dst1/pairs.txt") == [
         ("input__a", "target__a"),
         ("input__city__street__b", "target__city__street__b"),
@@ -234,7 +222,7 @@ def test_clean_image_is_kept_when_its_first_pair_is_skipped(tmp_path: Path) -> N
     _, src, expected = _build("ddn", tmp_path)
     _corrupt("zero-byte", src / "rainy_image/1_1.jpg")
     convert_dataset("ddn", src, tmp_path / "dst", progress=False, skip_bad=True)
-    gt_images = _read_lmdb(tmp_path / "dst/gt.lmdb")
+    gt_images = read_lmdb_images(tmp_path / "dst/gt.lmdb")
     np.testing.assert_array_equal(gt_images["ground_truth__1"], expected[0][1])
     assert verify_dataset(tmp_path / "dst").problems == []
 

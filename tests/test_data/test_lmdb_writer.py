@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 from basicsr.data.data_util import paired_paths_from_lmdb
+from conftest import read_lmdb_images
 
 from erl_plugin.data import lmdb_writer
 from erl_plugin.data.lmdb_writer import ImageFileError, write_image_lmdb, write_paired_lmdb
@@ -32,18 +32,6 @@ def images(tmp_path: Path) -> list[tuple[str, str]]:
     return [(key, _write(folder / f"img_{key}.png", array)) for key, array in arrays.items()]
 
 
-def _read_lmdb(lmdb_path: str) -> dict[str, np.ndarray]:
-    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False)
-    try:
-        with env.begin() as txn:
-            return {
-                key.decode(): cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_UNCHANGED)
-                for key, value in txn.cursor()
-            }
-    finally:
-        env.close()
-
-
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
 
@@ -53,7 +41,7 @@ def test_roundtrip_pixels_and_meta_info(tmp_path, images):
     assert write_image_lmdb(images, lmdb_path, progress=False) == 4
     meta = (tmp_path / "out.lmdb" / "meta_info.txt").read_text()
     assert meta == "0001.png (40,48,3) 1\n0002.png (40,48,1) 1\n0003.png (40,48,3) 1\n0004.png (40,48,4) 1\n"
-    stored = _read_lmdb(lmdb_path)
+    stored = read_lmdb_images(lmdb_path)
     assert sorted(stored) == ["0001", "0002", "0003", "0004"]
     for key, path in images:
         original = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -69,7 +57,7 @@ def test_streams_a_generator_and_grows_the_map(tmp_path, images, monkeypatch):
     lmdb_path = str(tmp_path / "grown.lmdb")
     assert write_image_lmdb(many, lmdb_path, progress=False) == 20
     assert (tmp_path / "grown.lmdb" / "data.mdb").stat().st_size > 64 * 1024
-    stored = _read_lmdb(lmdb_path)
+    stored = read_lmdb_images(lmdb_path)
     assert len(stored) == 20
     np.testing.assert_array_equal(stored["k019"], cv2.imread(images[2][1], cv2.IMREAD_UNCHANGED))
 
@@ -124,7 +112,7 @@ def test_existing_target_refused_then_replaced_with_overwrite(tmp_path, images):
 
     assert write_image_lmdb(images[:2], str(target), overwrite=True, progress=False) == 2
     assert not (target / "keep.txt").exists()
-    assert sorted(_read_lmdb(str(target))) == ["0001", "0002"]
+    assert sorted(read_lmdb_images(str(target))) == ["0001", "0002"]
     assert _leftovers(tmp_path) == []
 
 
@@ -133,7 +121,7 @@ def test_failed_overwrite_keeps_the_old_lmdb(tmp_path, images):
     write_image_lmdb(images[:1], target, progress=False)
     with pytest.raises(ImageFileError):
         write_image_lmdb([("0009", str(tmp_path / "missing.png"))], target, overwrite=True, progress=False)
-    assert sorted(_read_lmdb(target)) == ["0001"]
+    assert sorted(read_lmdb_images(target)) == ["0001"]
     assert _leftovers(tmp_path) == []
 
 
