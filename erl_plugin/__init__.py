@@ -9,8 +9,8 @@ from erl_plugin import compat
 
 compat.apply()
 
-from erl_plugin import archs, data, losses, models  # noqa: E402  (registers networks, datasets, losses, models)
+from erl_plugin import archs, data, losses, metrics, models  # noqa: E402  (registers everything)
 
 __version__ = "0.1.0"
 
-__all__ = ["archs", "compat", "data", "losses", "models", "__version__"]
+__all__ = ["archs", "compat", "data", "losses", "metrics", "models", "__version__"]

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import torch
 from basicsr.archs import build_network
-from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from torch import nn
 
 from erl_plugin.data.layouts import raintrainh_pairs
 from erl_plugin.data.lmdb_writer import read_image
+from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.options import OptionsError, load_options
 
 PROTOCOL = "basicsr"
@@ -68,10 +68,7 @@ def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:
 
 def score(image: np.ndarray, clean: np.ndarray) -> Score:
     """Score a BGR uint8 image against its clean target with the ``basicsr`` protocol."""
-    return Score(
-        psnr=float(calculate_psnr(image, clean, crop_border=0, test_y_channel=True)),
-        ssim=float(calculate_ssim(image, clean, crop_border=0, test_y_channel=True)),
-    )
+    return Score(psnr=psnr(image, clean, PROTOCOL), ssim=ssim(image, clean, PROTOCOL))
 
 
 def mean_score(scores: Sequence[Score]) -> Score:

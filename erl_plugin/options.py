@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 import yaml
-from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from erl_plugin.archs.erl_arch import build_backbone
+from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.stages import StageError, parse_stages
 
 
@@ -186,5 +187,18 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         except StageError as error:
             raise OptionsError(f"{source}: {error}") from None
     val = opt.get("val") or {}
+    for name, metric in (val.get("metrics") or {}).items():
+        where = f"val.metrics.{name}"
+        if not isinstance(metric, dict) or metric.get("type") not in METRIC_REGISTRY:
+            kind = metric.get("type") if isinstance(metric, dict) else metric
+            raise OptionsError(
+                f"{source}: {where}.type: {kind!r} is not a registered metric; registered: "
+                f"{_registered(METRIC_REGISTRY)}"
+            )
+        if metric["type"] in ("protocol_psnr", "protocol_ssim"):
+            try:
+                check_protocol(metric.get("protocol", "basicsr"))
+            except ValueError as error:
+                raise OptionsError(f"{source}: {where}.protocol: {error}") from None
     if not is_train and val.get("save_img") and "suffix" not in val:
         raise OptionsError(f"{source}: val.suffix is missing (needed when val.save_img is true; `suffix: ~`)")

@@ -111,3 +111,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path, tiny_lmdb: dict[str, str]
     assert "World size (gpu number): 2" in result.stderr
     assert "End of training" in result.stderr
     assert (tmp_path / "experiments/ddp/models/net_g_latest.pth").is_file()
+
+
+def test_unknown_protocol_in_val_metrics(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt = tiny_options(tiny_lmdb)
+    opt["val"]["metrics"] = {"psnr_ieee": {"type": "protocol_psnr", "protocol": "ieee"}}
+    _expect_options_error(tmp_path, opt, "val.metrics.psnr_ieee.protocol", "allowed: basicsr, paper, matlab")
