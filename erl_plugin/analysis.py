@@ -1,0 +1,401 @@
+"""How ERL-Net changes de-raining results compared with a baseline (paper, Section 4.3).
+
+Given de-rained outputs of a baseline (the paper's MEMD) and of ERL-Net, the clean targets and either
+the rainy inputs or binary rain masks, all matched by relative file name:
+
+- **Improvement shares** (Fig. 3): the share of images whose ERL-Net PSNR is above the baseline's,
+  over all images and within the *hard* (baseline PSNR below the baseline's mean) and *easy* (the
+  rest) subsets.
+- **RIM** (Eq. 6), on the protocol's Y channel: 1 where ``|ERL - clean| < |baseline - clean|``, else 0
+  (ties count as not improved, as ``>=`` gives 0 in the paper).
+- **BMR / BMB**: BMR is 1 where ``|rainy - clean|`` on Y is above its per-image mean (the paper's
+  mean threshold), BMB its complement; or BMR is read from a mask image (nonzero = rain).
+- **IoR / IoB** (Eq. 7): printed as a per-pixel sum of ``(BMR and RIM) / BMR``, which divides by zero
+  outside the region and grows with the image size. The values of Table 4 (between 0 and 1) fit the
+  ratio of sums instead, which is what is computed::
+
+      IoR = sum(BMR and RIM) / sum(BMR),    IoB = sum(BMB and RIM) / sum(BMB)
+
+  i.e. the fraction of rain (background) pixels that ERL-Net brings closer to the clean image.
+- **mIoR / mIoB** (Eq. 8): means of IoR / IoB over images. An image whose region is empty (no rain
+  pixel, or no background pixel) has no IoR (IoB); it is left out of that mean and counted.
+
+PSNR, SSIM and Y follow a named protocol of :mod:`erl_plugin.metrics.protocols` (default ``paper``,
+the authors' own); every written header, table and plot title names it.
+"""
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from erl_plugin.data.lmdb_writer import read_image
+from erl_plugin.evaluation import side_by_side, write_image
+from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
+
+DEFAULT_PROTOCOL = "paper"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Scores and region ratios of one image.
+
+    ``ior`` / ``iob`` are None where the image has no rain (background) pixel.
+    """
+
+    name: str
+    baseline_psnr: float
+    baseline_ssim: float
+    erl_psnr: float
+    erl_ssim: float
+    ior: float | None
+    iob: float | None
+
+    @property
+    def improved(self) -> bool:
+        """ERL-Net's PSNR is above the baseline's."""
+        return self.erl_psnr > self.baseline_psnr
+
+
+@dataclass(frozen=True)
+class Share:
+    """How many images of a subset ERL-Net improves."""
+
+    improved: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """``improved / total``; NaN for an empty subset."""
+        return self.improved / self.total if self.total else math.nan
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The result of :func:`analyze`: per-image results and the dataset-level figures."""
+
+    protocol: str
+    images: tuple[ImageResult, ...]
+    hard: tuple[bool, ...]  # per image: baseline PSNR below the baseline mean
+    baseline_mean_psnr: float
+    erl_mean_psnr: float
+    baseline_mean_ssim: float
+    erl_mean_ssim: float
+    overall: Share
+    hard_share: Share
+    easy_share: Share
+    miou_rain: float  # mIoR; NaN when no image has rain pixels
+    miou_background: float  # mIoB; NaN when no image has background pixels
+    rain_undefined: int  # images without rain pixels (left out of mIoR)
+    background_undefined: int  # images without background pixels (left out of mIoB)
+
+
+def list_images(folder: str) -> list[str]:
+    """Relative paths (``/``-separated, sorted) of the image files under ``folder``, hidden ones skipped.
+
+    Raises:
+        ValueError: If ``folder`` is not a directory or holds no image file.
+    """
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: not a directory")
+    names = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for file in files:
+            if not file.startswith(".") and file.lower().endswith(IMAGE_EXTENSIONS):
+                names.append(os.path.relpath(os.path.join(root, file), folder).replace(os.sep, "/"))
+    if not names:
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(names)
+
+
+def matched_names(folders: Sequence[str]) -> list[str]:
+    """The image names common to all ``folders``.
+
+    Raises:
+        ValueError: If a folder is empty or the folders do not hold the same names; the message names
+            the files (up to 10) and the folders that lack them.
+    """
+    listed = {folder: set(list_images(folder)) for folder in folders}
+    union = set().union(*listed.values())
+    problems = []
+    for folder, names in listed.items():
+        missing = sorted(union - names)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            problems.append(f"{folder} lacks {shown}")
+    if problems:
+        raise ValueError("the folders do not hold the same image files: " + "; ".join(problems))
+    return sorted(union)
+
+
+def result_indicator_map(baseline_y: np.ndarray, erl_y: np.ndarray, clean_y: np.ndarray) -> np.ndarray:
+    """RIM (Eq. 6): True where ERL-Net is strictly closer to the clean Y than the baseline."""
+    return np.abs(erl_y - clean_y) < np.abs(baseline_y - clean_y)
+
+
+def rain_map(rainy_y: np.ndarray, clean_y: np.ndarray) -> np.ndarray:
+    """BMR: True where ``|rainy - clean|`` is above its mean over the image (no rain: all False)."""
+    difference = np.abs(rainy_y - clean_y)
+    return difference > difference.mean()
+
+
+def intersection_ratio(region: np.ndarray, rim: np.ndarray) -> float | None:
+    """``sum(region and rim) / sum(region)`` (Eq. 7 as a ratio of sums); None for an empty region."""
+    size = int(np.count_nonzero(region))
+    return int(np.count_nonzero(region & rim)) / size if size else None
+
+
+def _load(
+    name: str, folders: dict[str, str], masks_dir: str | None, protocol: str
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Read one image per role (``baseline``, ``erl``, ``clean``, maybe ``rainy``) and its BMR."""
+    images = {role: read_image(os.path.join(folder, name), cv2.IMREAD_COLOR) for role, folder in folders.items()}
+    by_folder = {folders[role]: image for role, image in images.items()}
+    if masks_dir is not None:
+        by_folder[masks_dir] = read_image(os.path.join(masks_dir, name), cv2.IMREAD_GRAYSCALE)
+    height, width = images["clean"].shape[:2]
+    for folder, image in by_folder.items():
+        if image.shape[:2] != (height, width):
+            raise ValueError(
+                f"size mismatch: {os.path.join(folder, name)} is {image.shape[1]}x{image.shape[0]} but "
+                f"{os.path.join(folders['clean'], name)} is {width}x{height}"
+            )
+    if masks_dir is not None:
+        return images, by_folder[masks_dir] != 0
+    return images, rain_map(luma(images["rainy"], protocol), luma(images["clean"], protocol))
+
+
+def _maps(images: dict[str, np.ndarray], protocol: str) -> np.ndarray:
+    baseline_y, erl_y, clean_y = (luma(images[role], protocol) for role in ("baseline", "erl", "clean"))
+    return result_indicator_map(baseline_y, erl_y, clean_y)
+
+
+def summarize(protocol: str, images: Sequence[ImageResult]) -> Analysis:
+    """Shares, means, mIoR and mIoB over per-image results (hard: baseline PSNR below its mean)."""
+    if not images:
+        raise ValueError("no images to summarize")
+    baseline_mean = float(np.mean([image.baseline_psnr for image in images]))
+    hard = tuple(image.baseline_psnr < baseline_mean for image in images)
+    rain = [image.ior for image in images if image.ior is not None]
+    background = [image.iob for image in images if image.iob is not None]
+
+    def share(selected: Sequence[ImageResult]) -> Share:
+        return Share(sum(image.improved for image in selected), len(selected))
+
+    return Analysis(
+        protocol=protocol,
+        images=tuple(images),
+        hard=hard,
+        baseline_mean_psnr=baseline_mean,
+        erl_mean_psnr=float(np.mean([image.erl_psnr for image in images])),
+        baseline_mean_ssim=float(np.mean([image.baseline_ssim for image in images])),
+        erl_mean_ssim=float(np.mean([image.erl_ssim for image in images])),
+        overall=share(images),
+        hard_share=share([image for image, is_hard in zip(images, hard, strict=True) if is_hard]),
+        easy_share=share([image for image, is_hard in zip(images, hard, strict=True) if not is_hard]),
+        miou_rain=float(np.mean(rain)) if rain else math.nan,
+        miou_background=float(np.mean(background)) if background else math.nan,
+        rain_undefined=len(images) - len(rain),
+        background_undefined=len(images) - len(background),
+    )
+
+
+def _percent(share: Share) -> str:
+    return "n/a" if share.total == 0 else f"{100 * share.fraction:.1f}%"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def format_summary(analysis: Analysis) -> str:
+    """The Markdown summary: improvement shares, mean scores and mIoR/mIoB, naming the protocol."""
+    p = analysis.protocol
+    count = len(analysis.images)
+    rows = [
+        ("overall", analysis.overall),
+        (f"hard (baseline PSNR < its mean {analysis.baseline_mean_psnr:.2f} dB)", analysis.hard_share),
+        ("easy (the rest)", analysis.easy_share),
+    ]
+    lines = [
+        f"# ERL-Net vs baseline, protocol {p} ({count} images)",
+        "",
+        f"Images where ERL-Net's PSNR ({p}) is above the baseline's (Fig. 3):",
+        "",
+        "| subset | images | improved | share improved |",
+        "| --- | --- | --- | --- |",
+        *(f"| {label} | {share.total} | {share.improved} | {_percent(share)} |" for label, share in rows),
+        "",
+        f"| model | mean PSNR (dB, {p}) | mean SSIM ({p}) |",
+        "| --- | --- | --- |",
+        f"| baseline | {analysis.baseline_mean_psnr:.2f} | {analysis.baseline_mean_ssim:.4f} |",
+        f"| ERL-Net | {analysis.erl_mean_psnr:.2f} | {analysis.erl_mean_ssim:.4f} |",
+        "",
+        f"| metric (Y channel, {p}) | value | images used |",
+        "| --- | --- | --- |",
+        f"| mIoR | {_ratio(analysis.miou_rain)} | {count - analysis.rain_undefined} of {count} "
+        f"({analysis.rain_undefined} without rain pixels left out) |",
+        f"| mIoB | {_ratio(analysis.miou_background)} | {count - analysis.background_undefined} of {count} "
+        f"({analysis.background_undefined} without background pixels left out) |",
+        "",
+        "IoR = sum(BMR and RIM) / sum(BMR), IoB = sum(BMB and RIM) / sum(BMB) per image (Eq. 7 read as a",
+        "ratio of sums); mIoR / mIoB are their means over images (Eq. 8).",
+    ]
+    return "\n".join(lines)
+
+
+def write_per_image_csv(path: str, analysis: Analysis) -> None:
+    """One row per image: scores of both models, improved (1/0), subset, IoR and IoB (empty if undefined)."""
+    p = analysis.protocol
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "image",
+                f"baseline PSNR ({p})",
+                f"baseline SSIM ({p})",
+                f"ERL-Net PSNR ({p})",
+                f"ERL-Net SSIM ({p})",
+                "improved",
+                "subset",
+                f"IoR (Y, {p})",
+                f"IoB (Y, {p})",
+            ]
+        )
+        for image, is_hard in zip(analysis.images, analysis.hard, strict=True):
+            writer.writerow(
+                [
+                    image.name,
+                    f"{image.baseline_psnr:.4f}",
+                    f"{image.baseline_ssim:.4f}",
+                    f"{image.erl_psnr:.4f}",
+                    f"{image.erl_ssim:.4f}",
+                    int(image.improved),
+                    "hard" if is_hard else "easy",
+                    "" if image.ior is None else f"{image.ior:.6f}",
+                    "" if image.iob is None else f"{image.iob:.6f}",
+                ]
+            )
+
+
+def plot_improvement(path: str, analysis: Analysis) -> None:
+    """Bar plot like Fig. 3: share of improved images overall, among hard and among easy images."""
+    shares = [analysis.overall, analysis.hard_share, analysis.easy_share]
+    figure = Figure(figsize=(5.5, 4.0), dpi=100)
+    axes = figure.subplots()
+    heights = [0.0 if share.total == 0 else 100 * share.fraction for share in shares]
+    bars = axes.bar(["overall", "hard", "easy"], heights, color=["tab:blue", "tab:red", "tab:green"])
+    for bar, share in zip(bars, shares, strict=True):
+        label = "n/a" if share.total == 0 else f"{100 * share.fraction:.1f}% ({share.improved}/{share.total})"
+        axes.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    axes.axhline(50, color="grey", linestyle="--", linewidth=1)
+    axes.set_ylim(0, 110)
+    axes.set_ylabel("images improved by ERL-Net (%)")
+    axes.set_title(f"ERL-Net PSNR above baseline, protocol {analysis.protocol}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path)
+
+
+def overlay(
+    images: dict[str, np.ndarray], rim: np.ndarray, rain: np.ndarray, result: ImageResult, protocol: str
+) -> np.ndarray:
+    """One labelled tile row: [rainy |] baseline | ERL-Net | clean | RIM (green) | rain map (red)."""
+    gray = cv2.cvtColor(images["clean"], cv2.COLOR_BGR2GRAY) // 2
+    dimmed = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    rim_view, rain_view = dimmed.copy(), dimmed.copy()
+    rim_view[rim] = (0, 255, 0)
+    rain_view[rain] = (0, 0, 255)
+    tiles = [images["baseline"], images["erl"], images["clean"], rim_view, rain_view]
+    labels = [
+        f"baseline {result.baseline_psnr:.2f} dB ({protocol})",
+        f"ERL-Net {result.erl_psnr:.2f} dB ({protocol})",
+        "clean",
+        "RIM: green = improved",
+        "rain map (red)",
+    ]
+    if "rainy" in images:
+        tiles.insert(0, images["rainy"])
+        labels.insert(0, "rainy")
+    return side_by_side([tiles], labels)
+
+
+def _output_name(name: str) -> str:
+    return os.path.splitext(name)[0] + ".png"
+
+
+def analyze(
+    baseline_dir: str,
+    erl_dir: str,
+    clean_dir: str,
+    rainy_dir: str | None = None,
+    *,
+    out_dir: str,
+    protocol: str = DEFAULT_PROTOCOL,
+    masks_dir: str | None = None,
+    hardest: int = 4,
+    progress: bool = True,
+) -> Analysis:
+    """Compare ERL-Net with a baseline image by image and write the Section 4.3 analysis.
+
+    Args:
+        baseline_dir: De-rained outputs of the baseline (MEMD).
+        erl_dir: De-rained outputs of ERL-Net.
+        clean_dir: Clean targets.
+        rainy_dir: Rainy inputs; the rain map is thresholded from them. Required unless ``masks_dir``.
+        out_dir: Receives ``per_image.csv``, ``summary.md``, ``improvement.png`` and
+            ``hardest/<name>.png`` (the ``hardest`` images of lowest baseline PSNR).
+        protocol: PSNR/SSIM/Y protocol (``basicsr``, ``paper`` or ``matlab``). Default: ``paper``.
+        masks_dir: Binary rain masks (nonzero = rain) used instead of thresholding. Default: None.
+        hardest: How many overlays to write. Default: 4.
+        progress: Show a progress bar over images. Default: True.
+
+    Returns:
+        The analysis.
+
+    Raises:
+        ValueError: For an unknown protocol, no rainy folder and no masks, a missing or empty folder,
+            folders holding different file names, or images of different sizes.
+    """
+    check_protocol(protocol)
+    if rainy_dir is None and masks_dir is None:
+        raise ValueError("no rainy folder and no masks folder: the rain map needs one of them")
+    if hardest < 0:
+        raise ValueError(f"hardest must be 0 or more, got {hardest}")
+    folders = {"baseline": baseline_dir, "erl": erl_dir, "clean": clean_dir}
+    if rainy_dir is not None:
+        folders["rainy"] = rainy_dir
+    names = matched_names([*folders.values(), *([masks_dir] if masks_dir is not None else [])])
+    results = []
+    for name in tqdm(names, desc=f"analyze ({protocol})", unit="image", disable=not progress):
+        images, rain = _load(name, folders, masks_dir, protocol)
+        rim = _maps(images, protocol)
+        results.append(
+            ImageResult(
+                name=name,
+                baseline_psnr=psnr(images["baseline"], images["clean"], protocol),
+                baseline_ssim=ssim(images["baseline"], images["clean"], protocol),
+                erl_psnr=psnr(images["erl"], images["clean"], protocol),
+                erl_ssim=ssim(images["erl"], images["clean"], protocol),
+                ior=intersection_ratio(rain, rim),
+                iob=intersection_ratio(~rain, rim),
+            )
+        )
+    analysis = summarize(protocol, results)
+    write_per_image_csv(os.path.join(out_dir, "per_image.csv"), analysis)
+    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
+        handle.write(format_summary(analysis) + "\n")
+    plot_improvement(os.path.join(out_dir, "improvement.png"), analysis)
+    for result in sorted(results, key=lambda item: item.baseline_psnr)[:hardest]:
+        images, rain = _load(result.name, folders, masks_dir, protocol)
+        picture = overlay(images, _maps(images, protocol), rain, result, protocol)
+        write_image(os.path.join(out_dir, "hardest", _output_name(result.name)), picture)
+    return analysis
