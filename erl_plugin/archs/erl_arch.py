@@ -6,7 +6,7 @@ or at the bottleneck and every skip (MLGD). The backbone follows the encoder/dec
 :mod:`erl_plugin.archs.protocol`; the wrapper calls ``encode`` and ``decode`` explicitly, without
 hooks, so it works the same under DDP and ``torch.compile``.
 
-Choices the paper leaves open are options (see the paper notes): ``inject`` (where the residual
+Choices the paper leaves open are options: ``inject`` (where the residual
 goes), ``zero_init`` (zero-initialised 1x1 projections on each residual, so that a fresh wrapper
 computes exactly what its backbone computes, the way ControlNet attaches to a pretrained U-Net)
 and ``ren_init`` (REN starts from the main encoder's weights or from scratch).

@@ -2,12 +2,13 @@
 
 From the paper (Sec. 3.2, Sec. 4.2 and Table 2): dense blocks stacked under a U-Net, skip
 connections, a feature fusion layer (FUS) right after each skip connection in the decoder, and the
-two ablation variants without FUS and without skip connections. From the rebuttal (see the
-paper notes, NOTES.md, "Architecture (MEMD)"): the "Down Layer" is pooling, the "Up Layer" a
-transposed convolution, and a 320x320 input gives 40x40 maps with at least 225 channels at the
-bottleneck, i.e. 3 downsamplings.
+two ablation variants without FUS and without skip connections. From the authors' rebuttal
+(its erratum to Fig. 2 and the feature maps published with it): the "Down Layer" is pooling, the
+"Up Layer" a transposed convolution, and a 320x320 input gives 40x40 maps with at least 225
+channels at the bottleneck, i.e. 3 downsamplings.
 
-Reconstructions, marked [guess] in the NOTES and exposed as options where they are choices: no
+Reconstructions where nothing public settles the design, exposed as options where they are
+choices (several follow the first author's later deraining code): no
 normalisation, LeakyReLU(0.1), Xavier initialisation, a 7x7 stem, dense blocks of 3x3 conv +
 LeakyReLU fused by a 1x1 conv and added back to the block input, a squeeze-excitation style
 recalibration in FUS, a channel width that doubles per level (``num_feat * 2**i``), a 1x1 conv

@@ -58,7 +58,7 @@ def test_encode_matches_feature_info(skip: bool, fusion: bool) -> None:
 
 
 def test_default_bottleneck_width_and_stride() -> None:
-    # NOTES: a 320x320 input gives 40x40 maps with at least 225 channels at the bottleneck.
+    # The rebuttal: a 320x320 input gives 40x40 maps with at least 225 channels at the bottleneck.
     bottleneck = MEMD().feature_info[-1]
     assert bottleneck == FeaturePoint("bottleneck", 256, 8)
     assert 320 // bottleneck.reduction == 40

@@ -1,0 +1,60 @@
+"""Score checkpoints on original test folders under named protocols; write a leaderboard.
+
+Writes leaderboard.md and leaderboard.csv (one row per model x test set: PSNR/SSIM per protocol,
+parameters, GFLOPs (MACs) at 1x3x320x320, ms/image on the named device) into --out; with --matrix
+also matrix.md/.csv (trained-on x test set under the first protocol); with --reported the published
+numbers as rows of their own (source "reported (<citation>)").
+
+Example:
+    python tools/leaderboard.py --models models.yml --testsets testsets.yml --out results/leaderboard \
+        --protocols basicsr paper matlab --device cuda --matrix --reported docs/reported.yml
+
+MODELS.yml: a list of {name, options, checkpoint, trained_on (optional)}.
+TESTSETS.yml: a list of {name, layout, dataroot} (lq_dir/gt_dir optional, for the pairs layout).
+"""
+
+import argparse
+import sys
+
+from erl_plugin.leaderboard import (
+    leaderboard_markdown,
+    read_models,
+    read_reported,
+    read_test_sets,
+    run_leaderboard,
+    write_leaderboard,
+)
+from erl_plugin.metrics.protocols import PROTOCOLS
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", required=True, help="YAML list of {name, options, checkpoint, trained_on?}")
+    parser.add_argument("--testsets", required=True, help="YAML list of {name, layout, dataroot}")
+    parser.add_argument("--out", required=True, help="folder for leaderboard.md/.csv (and matrix.md/.csv)")
+    parser.add_argument(
+        "--protocols", nargs="+", default=list(PROTOCOLS), help=f"any of {', '.join(PROTOCOLS)} (default: all)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--matrix", action="store_true", help="also write the trained-on x test-set matrix")
+    parser.add_argument("--reported", help="published numbers to add as 'reported' rows (docs/reported.yml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    try:
+        models, test_sets = read_models(args.models), read_test_sets(args.testsets)
+        reported = read_reported(args.reported) if args.reported else []
+        rows = run_leaderboard(models, test_sets, args.protocols, args.device, progress=not args.no_progress)
+        paths = write_leaderboard(args.out, rows + reported, args.protocols, matrix=args.matrix)
+    except (OSError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(leaderboard_markdown(rows + reported, args.protocols))
+    print(f"written: {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
