@@ -1,0 +1,70 @@
+"""Derain image files or folders with a trained network, keeping each file's name and format.
+
+Large images go through in overlapping tiles (--tile, --overlap) unless --no-tile. Folders are read
+non-recursively (png, jpg, jpeg, bmp, tif, tiff, webp). Unreadable files are skipped and listed at the
+end; the exit status is then 1 (0 when every file was derained, 2 on an error before any work).
+
+Example:
+    python tools/derain.py --opt options/erl_demo.yml \
+        --checkpoint experiments/erl_demo/models/net_g_latest.pth \
+        --input photos/ --output results/photos_derained --compare
+"""
+
+import argparse
+import pickle
+import sys
+
+import torch
+
+from erl_plugin.evaluation import load_network
+from erl_plugin.inference import PRECISIONS, derain_paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--opt", required=True, help="options file whose network_g built the checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="BasicSR checkpoint ({'params': state_dict})")
+    parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders")
+    parser.add_argument("--output", required=True, help="output folder (not the folder of an input)")
+    parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")
+    parser.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default: 32)")
+    parser.add_argument("--no-tile", action="store_true", help="run each image whole")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="bf16/fp16 need CUDA")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda when available, else cpu",
+    )
+    parser.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (rainy | derained)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    try:
+        try:
+            net = load_network(args.opt, args.checkpoint)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            reason = str(error).splitlines()[0]
+            raise ValueError(f"{args.checkpoint}: cannot be loaded as a checkpoint: {reason}") from None
+        report = derain_paths(
+            net,
+            args.input,
+            args.output,
+            tile=None if args.no_tile else args.tile,
+            overlap=args.overlap,
+            precision=args.precision,
+            device=args.device,
+            side_by_side=args.compare,
+            progress=not args.no_progress,
+        )
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 1 if report.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
