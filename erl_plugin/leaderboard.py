@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from basicsr.utils import tensor2img
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -37,6 +36,7 @@ from erl_plugin.benchmark import device_name
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.evaluation import derain, load_network
 from erl_plugin.metrics.protocols import check_protocol, psnr, ssim
+from erl_plugin.options import load_yaml
 
 COMPLEXITY_SHAPE = (1, 3, 320, 320)
 MEASURED = "measured"
@@ -112,13 +112,7 @@ def _synchronize(device: torch.device) -> None:
 
 def _read_entries(path: str, kind: str, keys: Mapping[str, bool]) -> list[dict[str, str]]:
     """A YAML list of mappings with string values; required/optional keys checked, names unique."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: {kind} file not found")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            entries = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from None
+    entries = load_yaml(path, kind)
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty list of {kind} entries, got {type(entries).__name__}")
     names: set[str] = set()
@@ -154,13 +148,7 @@ def read_reported(path: str) -> list[Row]:
 
     Test sets a method was not reported on (``~``) give no row.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: reported-numbers file not found")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            document = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from None
+    document = load_yaml(path, "reported-numbers")
     methods = document.get("methods") if isinstance(document, dict) else None
     if not isinstance(methods, list):
         raise ValueError(f"{path}: expected a mapping with a 'methods' list")

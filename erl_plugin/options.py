@@ -25,15 +25,25 @@ class OptionsError(ValueError):
     """An options file or override that cannot work; the message names the file and the key."""
 
 
-def load_options(path: str) -> dict[str, Any]:
-    """Load a YAML options file as a plain dict."""
+def load_yaml(path: str, kind: str) -> Any:
+    """Read a YAML file safely; raise :class:`OptionsError` naming it if missing or malformed.
+
+    Args:
+        path: The file.
+        kind: What the file holds, for messages (``options``, ``models``, ...).
+    """
     if not os.path.isfile(path):
-        raise OptionsError(f"{path}: options file not found")
+        raise OptionsError(f"{path}: {kind} file not found")
     with open(path, encoding="utf-8") as handle:
         try:
-            opt = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
         except yaml.YAMLError as error:
             raise OptionsError(f"{path}: not valid YAML: {error}") from None
+
+
+def load_options(path: str) -> dict[str, Any]:
+    """Load a YAML options file as a plain dict."""
+    opt = load_yaml(path, "options")
     if not isinstance(opt, dict):
         raise OptionsError(f"{path}: expected a mapping of options at the top level, got {type(opt).__name__}")
     return opt
