@@ -1,16 +1,17 @@
 """ERL-Net (Entangled Representation Learning, ICCV 2019) as a BasicSR plugin.
 
 Importing this package first applies the compatibility patches for basicsr 1.4.2 on today's
-torch/torchvision/lmdb (see :mod:`erl_plugin.compat`), then registers the plugin's networks
-into BasicSR's registries. Every registration is an explicit import below.
+torch/torchvision/lmdb (see :mod:`erl_plugin.compat`), then registers the plugin's networks,
+datasets, losses, metrics and models into BasicSR's registries, and its networks into a scoped
+child of mmengine's (:mod:`erl_plugin.registry`). Every registration is an explicit import below.
 """
 
 from erl_plugin import compat
 
 compat.apply()
 
-from erl_plugin import archs, data, losses, metrics, models  # noqa: E402  (registers everything)
+from erl_plugin import archs, data, losses, metrics, models, registry  # noqa: E402  (registers everything)
 
 __version__ = "0.1.0"
 
-__all__ = ["archs", "compat", "data", "losses", "metrics", "models", "__version__"]
+__all__ = ["archs", "compat", "data", "losses", "metrics", "models", "registry", "__version__"]

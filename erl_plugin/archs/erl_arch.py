@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from erl_plugin.archs.protocol import part_parameters, protocol_problems
 
 BRANCHES = ("main_encoder", "decoder", "residual_encoder")
+MMENGINE_SCOPE = "erl_plugin."
+"""Prefix of the names in mmengine's registry (:mod:`erl_plugin.registry`); BasicSR's names lack it."""
 ENTANGLE = ("clgd", "mlgd")
 INJECT = ("decoder", "encoder")
 REN_INIT = ("main", "random")
@@ -34,11 +36,14 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
 
 
 def build_backbone(options: Mapping[str, Any]) -> nn.Module:
-    """Build a registered network from ``{type: ..., **kwargs}`` and check it follows the protocol."""
+    """Build a registered network from ``{type: ..., **kwargs}`` and check it follows the protocol.
+
+    ``type`` is BasicSR's name (``MEMD``) or mmengine's scoped one (``erl_plugin.MEMD``).
+    """
     if not isinstance(options, Mapping) or "type" not in options:
         raise ValueError(f"backbone must be a mapping with a 'type' key, got {options!r}")
     kwargs = dict(copy.deepcopy(options))
-    name = kwargs.pop("type")
+    name = kwargs.pop("type").removeprefix(MMENGINE_SCOPE)
     if name not in ARCH_REGISTRY:
         raise ValueError(f"backbone.type: {name!r} is not a registered network")
     net = ARCH_REGISTRY.get(name)(**kwargs)
@@ -83,7 +88,7 @@ class ERLNet(nn.Module):
         self.entangle = _choice("entangle", entangle, ENTANGLE)
         self.inject = _choice("inject", inject, INJECT)
         self.ren_init = _choice("ren_init", ren_init, REN_INIT)
-        self.backbone_options = dict(copy.deepcopy(backbone))
+        self.backbone_options = {**copy.deepcopy(backbone), "type": backbone["type"].removeprefix(MMENGINE_SCOPE)}
         self.backbone = build_backbone(backbone)
         self.residual_encoder = build_backbone(backbone)
         for name in self.backbone.decoder_modules:
