@@ -35,12 +35,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from erl_plugin.data.lmdb_writer import read_image
-from erl_plugin.evaluation import side_by_side, write_image
+from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
+from erl_plugin.data.lmdb_writer import read_image, write_image
+from erl_plugin.evaluation import side_by_side
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
 
 DEFAULT_PROTOCOL = "paper"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -105,15 +105,10 @@ def list_images(folder: str) -> list[str]:
     """
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a directory")
-    names = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for file in files:
-            if not file.startswith(".") and file.lower().endswith(IMAGE_EXTENSIONS):
-                names.append(os.path.relpath(os.path.join(root, file), folder).replace(os.sep, "/"))
+    names = scan_images(folder)
     if not names:
         raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return sorted(names)
+    return names
 
 
 def matched_names(folders: Sequence[str]) -> list[str]:

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import torch
 from basicsr.archs import build_network
-from basicsr.utils import img2tensor, tensor2img
 from torch import nn
 
 from erl_plugin.data.layouts import raintrainh_pairs
-from erl_plugin.data.lmdb_writer import read_image
+from erl_plugin.data.lmdb_writer import read_image, write_image
+from erl_plugin.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.options import OptionsError, load_options
 
@@ -58,12 +58,9 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
     return net.eval()
 
 
-@torch.no_grad()
 def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:
-    """Derain one BGR uint8 image of any size; returns a BGR uint8 image of the same size."""
-    device = next(net.parameters()).device
-    tensor = img2tensor(image.astype(np.float32) / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
-    return tensor2img(net(tensor.to(device)).clamp_(0, 1).cpu(), rgb2bgr=True, min_max=(0, 1))
+    """Derain one BGR uint8 image of any size, whole; returns a BGR uint8 image of the same size."""
+    return derain_tiled(net, image, tile=None)
 
 
 def score(image: np.ndarray, clean: np.ndarray) -> Score:
@@ -89,13 +86,6 @@ def side_by_side(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], wi
     for column, label in enumerate(labels):
         cv2.putText(header, label, (column * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([header, *tiles])
-
-
-def write_image(path: str, image: np.ndarray) -> None:
-    """Write an image, creating its folder; raise naming the file if encoding fails."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, image):
-        raise OSError(f"{path}: could not write the image")
 
 
 def write_scores_csv(path: str, names: Sequence[str], columns: dict[str, Sequence[Score]]) -> None:

@@ -24,11 +24,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image
-from erl_plugin.evaluation import write_image
+from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
+from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "PRECISIONS",
     "DerainReport",
     "UnsupportedImageError",
@@ -41,7 +40,6 @@ __all__ = [
 ]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -241,7 +239,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(p for p in item.iterdir() if p.is_file() and is_image_name(p.name))
         elif item.is_file():
             files.append(item)
         else:

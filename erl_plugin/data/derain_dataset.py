@@ -22,14 +22,20 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from PIL import Image
 from torch.utils import data
 
-from erl_plugin.data.layouts import LAYOUTS, SIDE_BY_SIDE_LAYOUTS, find_pairs, source_root
+from erl_plugin.data.layouts import (
+    IMAGE_EXTENSIONS,
+    LAYOUTS,
+    SIDE_BY_SIDE_LAYOUTS,
+    find_pairs,
+    scan_images,
+    source_root,
+)
 from erl_plugin.data.lmdb_env import open_lmdb
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image
 from erl_plugin.data.pair_list import read_pair_list
 
 __all__ = ["DerainPairedDataset", "ImageConversionWarning"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LMDB_PAIRS_FILE = "pairs.txt"
 _PHASES = ("train", "val", "test")
 _SMALL_IMAGES = ("pad", "skip")
@@ -78,17 +84,6 @@ def _read_meta_info(lmdb_path: str) -> dict[str, tuple[int, int]]:
     if not sizes:
         raise ValueError(f"{meta_path} lists no keys")
     return sizes
-
-
-def _scan_images(root: str) -> list[str]:
-    """Relative paths of the image files under ``root``, recursively, sorted."""
-    found = []
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        subfolders.sort()
-        for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(folder, name), root))
-    return sorted(found)
 
 
 def _describe(names: list[str], limit: int = 5) -> str:
@@ -265,7 +260,7 @@ class DerainPairedDataset(data.Dataset):
                             f"{self.pair_list}: {os.path.join(root, name)} (listed as {name!r}) does not exist"
                         )
             return [(os.path.join(self.lq_root, lq), os.path.join(self.gt_root, gt)) for lq, gt in pairs]
-        lq_names, gt_names = _scan_images(self.lq_root), _scan_images(self.gt_root)
+        lq_names, gt_names = scan_images(self.lq_root), scan_images(self.gt_root)
         for side, names, root, other in (
             ("lq", lq_names, self.lq_root, set(gt_names)),
             ("gt", gt_names, self.gt_root, set(lq_names)),

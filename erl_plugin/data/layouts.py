@@ -2,7 +2,7 @@
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +57,26 @@ def raintrainh_pairs(folder: str | os.PathLike[str]) -> list[Pair]:
 # than a silent choice. Hidden files (``.``-prefixed) and non-image files are ignored; an image file
 # that does not fit the layout's naming is an error, so a wrong ``--layout`` fails loudly.
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File extensions read as images everywhere in the plugin (compared in lower case)."""
+_JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+def is_image_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file name is an image: an extension of ``extensions`` (any case), not hidden."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
+
+
+def scan_images(root: str | os.PathLike[str]) -> list[str]:
+    """Relative ``/``-separated paths of the images under ``root`` (recursive, sorted, hidden skipped)."""
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        prefix = Path(os.path.relpath(folder, root)).as_posix()
+        found += [name if prefix == "." else f"{prefix}/{name}" for name in files if is_image_name(name)]
+    return sorted(found)
+
+
 _NUMBER = r"(?P<id>[0-9]+)"
 
 RelativePairs = list[tuple[str, str]]
@@ -380,7 +398,7 @@ def _existing_folder(src: str | os.PathLike[str], layout: str) -> Path:
     return root
 
 
-def _image_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> dict[str, str]:
+def _image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, str]:
     """Image files under ``folder`` (recursive), as ``{path without extension: path}`` relative to it.
 
     Raises:
@@ -391,7 +409,7 @@ def _image_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) ->
         subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
         relative = Path(directory).relative_to(folder).as_posix()
         for name in sorted(names):
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
+            if not is_image_name(name, extensions):
                 continue
             path = name if relative == "." else f"{relative}/{name}"
             previous = files.setdefault(strip_extension(path), path)
@@ -416,8 +434,8 @@ def _named_images(folder: Path, patterns: dict[str, str], expected: str) -> dict
     """
     found: dict[str, dict[str, str]] = {role: {} for role in patterns}
     for name in sorted(os.listdir(folder)):
-        stem, extension = os.path.splitext(name)
-        if name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS or not (folder / name).is_file():
+        stem = os.path.splitext(name)[0]
+        if not is_image_name(name) or not (folder / name).is_file():
             continue
         for role, pattern in patterns.items():
             match = re.fullmatch(pattern, stem)

@@ -36,6 +36,7 @@ __all__ = [
     "image_shape",
     "read_image",
     "staged_directory",
+    "write_image",
     "write_image_lmdb",
     "write_paired_lmdb",
 ]
@@ -91,6 +92,13 @@ def read_image(path: str | os.PathLike[str], flags: int = cv2.IMREAD_UNCHANGED) 
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageFileError(f"image file {file} is truncated or corrupt ({error})") from None
     return image
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Write an image, creating its folder; raise naming the file if encoding fails."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, image):
+        raise OSError(f"{path}: could not write the image")
 
 
 @contextmanager

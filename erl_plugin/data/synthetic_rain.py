@@ -27,12 +27,11 @@ import numpy as np
 import skimage.data
 from tqdm import tqdm
 
-from erl_plugin.data.layouts import raintrainh_pairs
+from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name, raintrainh_pairs
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, staged_directory, write_paired_lmdb
 
 __all__ = [
     "DEFAULT_SOURCES",
-    "IMAGE_EXTENSIONS",
     "PRESETS",
     "RainDataError",
     "RainPreset",
@@ -45,7 +44,6 @@ __all__ = [
     "synthesize_lmdb",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Natural photographs shipped inside scikit-image's package folder (no download). Sorted, the last two
 # (motorcycle_left, rocket) are colour photos, which makes them the default test split.
@@ -336,7 +334,7 @@ def load_source_images(folder: str | os.PathLike[str] | None) -> list[tuple[str,
             raise RainDataError(f"source folder {root} does not exist")
         if not root.is_dir():
             raise RainDataError(f"source {root} is not a folder")
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = sorted(p for p in root.iterdir() if is_image_name(p.name) and p.is_file())
         if not files:
             raise RainDataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     images = []
