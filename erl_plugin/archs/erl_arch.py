@@ -3,8 +3,11 @@
 A residual encoder (REN) with the structure of the backbone's encoder reads the same rainy input,
 and its features are added to the main encoder's: ``Phi(x_r) + R(x_r)`` at the bottleneck (CLGD)
 or at the bottleneck and every skip (MLGD). The backbone follows the encoder/decoder protocol of
-:mod:`erl_plugin.archs.protocol`; the wrapper calls ``encode`` and ``decode`` explicitly, without
-hooks, so it works the same under DDP and ``torch.compile``.
+:mod:`erl_plugin.archs.protocol`, natively (MEMD) or through an adapter
+(:mod:`erl_plugin.archs.adapters`); the wrapper calls ``encode`` and ``decode`` explicitly, without
+hooks, so it works the same under DDP and ``torch.compile``. A network with neither is wrapped at
+the module paths ``entangle_at`` names, through forward hooks (:mod:`erl_plugin.archs.module_path`),
+where hooks can do what is asked.
 
 Choices the paper leaves open are options: ``inject`` (where the residual
 goes), ``zero_init`` (zero-initialised 1x1 projections on each residual, so that a fresh wrapper
@@ -13,13 +16,15 @@ and ``ren_init`` (REN starts from the main encoder's weights or from scratch).
 """
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
-from erl_plugin.archs.protocol import part_parameters, protocol_problems
+from erl_plugin.archs.adapters import ADAPTERS
+from erl_plugin.archs.module_path import EntangleAt, ModulePathBackbone
+from erl_plugin.archs.protocol import part_parameters, protocol_problems, remove_modules
 
 BRANCHES = ("main_encoder", "decoder", "residual_encoder")
 MMENGINE_SCOPE = "erl_plugin."
@@ -35,25 +40,43 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-def build_backbone(options: Mapping[str, Any]) -> nn.Module:
-    """Build a registered network from ``{type: ..., **kwargs}`` and check it follows the protocol.
+def _registered_name(name: str) -> str:
+    """The name under which ``ARCH_REGISTRY`` holds ``name`` (BasicSR adds ``_basicsr`` to its own)."""
+    for candidate in (name, f"{name}_basicsr"):
+        if candidate in ARCH_REGISTRY:
+            return candidate
+    raise ValueError(f"backbone.type: {name!r} is not a registered network")
 
-    ``type`` is BasicSR's name (``MEMD``) or mmengine's scoped one (``erl_plugin.MEMD``).
+
+def build_backbone(options: Mapping[str, Any], entangle_at: Mapping[str, Any] | EntangleAt | None = None) -> nn.Module:
+    """Build a registered network from ``{type: ..., **kwargs}`` as an encoder/decoder.
+
+    ``type`` is BasicSR's name (``MEMD``) or mmengine's scoped one (``erl_plugin.MEMD``). A network
+    that follows the protocol is returned as it is; one with a registered adapter comes adapted
+    (and checked against its own forward); with ``entangle_at``, any network comes as a
+    :class:`~erl_plugin.archs.module_path.ModulePathBackbone`.
     """
     if not isinstance(options, Mapping) or "type" not in options:
         raise ValueError(f"backbone must be a mapping with a 'type' key, got {options!r}")
     kwargs = dict(copy.deepcopy(options))
-    name = kwargs.pop("type").removeprefix(MMENGINE_SCOPE)
-    if name not in ARCH_REGISTRY:
-        raise ValueError(f"backbone.type: {name!r} is not a registered network")
+    name = _registered_name(kwargs.pop("type").removeprefix(MMENGINE_SCOPE))
     net = ARCH_REGISTRY.get(name)(**kwargs)
+    if entangle_at is not None:
+        return ModulePathBackbone(net, EntangleAt.parse(entangle_at))
     problems = protocol_problems(net)
-    if problems:
+    if not problems:
+        return net
+    adapter = ADAPTERS.get(name) or ADAPTERS.get(name.removesuffix("_basicsr"))
+    if adapter is None:
         raise TypeError(
             f"backbone.type: {name} does not implement the encoder/decoder protocol "
-            f"(erl_plugin.archs.protocol): {'; '.join(problems)}"
+            f"(erl_plugin.archs.protocol: {'; '.join(problems)}) and has no adapter (adapters exist for "
+            f"{', '.join(sorted(ADAPTERS)) or 'none'}); register one (erl_plugin.archs.adapters) or name its "
+            f"modules with entangle_at: {{bottleneck: ..., skips: [...]}} (docs/wrap_your_network.md)"
         )
-    return net
+    adapted = adapter(net)
+    adapted.verify()
+    return adapted
 
 
 @ARCH_REGISTRY.register()
@@ -74,6 +97,10 @@ class ERLNet(nn.Module):
         ren_init (str): ``main`` starts the residual encoder from the main encoder's weights
             (also when a backbone checkpoint is loaded), ``random`` from its own initialisation.
             Default: ``main``.
+        entangle_at (dict | None): For a network with neither the protocol nor an adapter: the
+            module paths ``{bottleneck: 'path.to.module', skips: ['...', ...]}`` (skips from the
+            highest resolution down) where forward hooks entangle it. MLGD with ``inject: decoder``
+            is refused where a skip also feeds the deeper encoder. Default: None.
     """
 
     def __init__(
@@ -83,16 +110,23 @@ class ERLNet(nn.Module):
         inject: str = "decoder",
         zero_init: bool = True,
         ren_init: str = "main",
+        entangle_at: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.entangle = _choice("entangle", entangle, ENTANGLE)
         self.inject = _choice("inject", inject, INJECT)
         self.ren_init = _choice("ren_init", ren_init, REN_INIT)
+        if not isinstance(backbone, Mapping) or "type" not in backbone:
+            raise ValueError(f"backbone must be a mapping with a 'type' key, got {backbone!r}")
         self.backbone_options = {**copy.deepcopy(backbone), "type": backbone["type"].removeprefix(MMENGINE_SCOPE)}
-        self.backbone = build_backbone(backbone)
-        self.residual_encoder = build_backbone(backbone)
-        for name in self.backbone.decoder_modules:
-            delattr(self.residual_encoder, name)
+        self.entangle_at = None if entangle_at is None else EntangleAt.parse(entangle_at)
+        self.backbone = self.new_backbone()
+        if self.hooked and entangle == "mlgd" and inject == "decoder":
+            self._refuse_hooked_skips()
+        self.residual_encoder = self.new_backbone()
+        remove_modules(self.residual_encoder, self.backbone.decoder_modules)
+        if self.hooked:
+            self.residual_encoder.check_encoder()
         points = self.backbone.feature_info
         self.entangled_points = list(range(len(points))) if entangle == "mlgd" else [len(points) - 1]
         self.projections = None
@@ -105,6 +139,28 @@ class ERLNet(nn.Module):
                 nn.init.zeros_(projection.bias)
         if ren_init == "main":
             self.copy_main_encoder_to_residual()
+
+    @property
+    def hooked(self) -> bool:
+        """Whether the backbone is entangled through forward hooks (``entangle_at``)."""
+        return self.entangle_at is not None
+
+    def new_backbone(self) -> nn.Module:
+        """A fresh backbone of this wrapper's structure (also the teacher's), built from its options."""
+        return build_backbone(self.backbone_options, self.entangle_at)
+
+    def _refuse_hooked_skips(self) -> None:
+        feeding = self.backbone.skips_feeding_deeper()
+        if feeding:
+            details = "; ".join(
+                f"{path!r} also reaches {', '.join(map(repr, deeper))}" for path, deeper in feeding.items()
+            )
+            raise ValueError(
+                f"entangle_at.skips: a forward hook cannot add a residual to a skip alone where the skip also "
+                f"feeds the deeper encoder ({details}), which entangle: mlgd with inject: decoder needs. "
+                f"Use inject: encoder (the residuals flow on into the deeper encoder too), entangle: clgd, "
+                f"or an adapter for {self.backbone_options['type']} (docs/wrap_your_network.md)"
+            )
 
     @property
     def feature_names(self) -> list[str]:
@@ -125,6 +181,25 @@ class ERLNet(nn.Module):
             residuals[index] = self.projections[slot](residual) if self.projections is not None else residual
         return residuals
 
+    def _adder(self, residuals: dict[int, Tensor]) -> Callable[[int, Tensor], Tensor]:
+        """``inject(i, feature)`` adding the residual of point ``i``, checking that the shapes agree."""
+
+        def add_residual(index: int, feature: Tensor) -> Tensor:
+            if index not in residuals:
+                return feature
+            residual = residuals[index]
+            if residual.shape != feature.shape:
+                point = self.backbone.feature_info[index]
+                where = f" (module {self.entangle_at.paths[index]!r})" if self.hooked else ""
+                raise ValueError(
+                    f"{point.name}{where}: the backbone's feature has shape {tuple(feature.shape)} but the residual "
+                    f"encoder gives {tuple(residual.shape)} (feature_info: {point.num_chs} channels at stride "
+                    f"{point.reduction})"
+                )
+            return feature + residual
+
+        return add_residual
+
     def forward(
         self, x: Tensor, return_features: bool = False, entangled: bool = True
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -140,22 +215,21 @@ class ERLNet(nn.Module):
         Returns:
             The output, or ``(output, features)`` when ``return_features``.
         """
-        if not entangled:
-            bottleneck, skips = self.backbone.encode(x)
-            features = [*skips, bottleneck]
+        inject = self._adder(self._residuals(x)) if entangled else None
+        if self.hooked:
+            if inject is None and not return_features:
+                return self.backbone(x)
+            out, features = self.backbone.run(x, inject=inject)
         else:
-            residuals = self._residuals(x)
-            if self.inject == "encoder":
-
-                def add_residual(index: int, feature: Tensor) -> Tensor:
-                    return feature + residuals[index] if index in residuals else feature
-
-                bottleneck, skips = self.backbone.encode(x, inject=add_residual)
+            if inject is not None and self.inject == "encoder":
+                bottleneck, skips = self.backbone.encode(x, inject=inject)
                 features = [*skips, bottleneck]
             else:
                 bottleneck, skips = self.backbone.encode(x)
-                features = [f + residuals[i] if i in residuals else f for i, f in enumerate([*skips, bottleneck])]
-        out = self.backbone.decode(features[-1], features[:-1], x)
+                features = [*skips, bottleneck]
+                if inject is not None:
+                    features = [inject(i, feature) for i, feature in enumerate(features)]
+            out = self.backbone.decode(features[-1], features[:-1], x)
         if return_features:
             return out, [features[i] for i in self.entangled_points]
         return out
@@ -193,7 +267,8 @@ class ERLNet(nn.Module):
             result = target.load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as error:
             kind = f"a plain {self.backbone_options['type']} checkpoint" if plain else "an ERLNet checkpoint"
-            raise ValueError(f"{kind} does not match network_g ({self.backbone_options}): {error}") from None
+            details = " ".join(str(error).split())  # torch's message, on one line
+            raise ValueError(f"{kind} does not match network_g ({self.backbone_options}): {details}") from None
         if plain and self.ren_init == "main":
             self.copy_main_encoder_to_residual()
         return result

@@ -23,9 +23,10 @@ calls and a description of the features passed between them. A network conforms 
     ``[*skips, bottleneck]``.
 
 ``decoder_modules: tuple[str, ...]``
-    Names of the child modules that make up the decoder; every other parameter belongs to the
-    encoder. The wrapper builds its residual encoder from the backbone's options and removes
-    these, and names the parameter groups ``main_encoder`` and ``decoder`` with them.
+    Paths of the submodules that make up the decoder (``head`` or ``blocks.3``); every other
+    parameter belongs to the encoder. The wrapper builds its residual encoder from the backbone's
+    options and removes these, and names the parameter groups ``main_encoder`` and ``decoder``
+    with them.
 
 The contract that ties these together: ``forward(x) == decode(*encode(x), x)``.
 
@@ -34,10 +35,11 @@ Example:
     >>> out = net.decode(bottleneck + residual, skips, x)
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 Inject = Callable[[int, Tensor], Tensor]
@@ -82,20 +84,55 @@ def protocol_problems(net: object) -> list[str]:
     if not isinstance(feature_info, list) or not all(isinstance(p, FeaturePoint) for p in feature_info):
         problems.append("feature_info is not a list of FeaturePoint")
     decoder_modules = getattr(net, "decoder_modules", None)
-    children = dict(net.named_children()) if isinstance(net, nn.Module) else {}
-    if not isinstance(decoder_modules, tuple) or not all(name in children for name in decoder_modules):
-        problems.append("decoder_modules is not a tuple naming child modules")
+    modules = dict(net.named_modules()) if isinstance(net, nn.Module) else {}
+    if not isinstance(decoder_modules, tuple) or not all(name and name in modules for name in decoder_modules):
+        problems.append("decoder_modules is not a tuple naming submodules")
     return problems
+
+
+def _under(name: str, paths: Sequence[str]) -> bool:
+    """Whether the dotted ``name`` lies in one of the module ``paths``."""
+    return any(name.startswith(f"{path}.") for path in paths)
 
 
 def part_parameters(net: nn.Module, part: str) -> Iterator[nn.Parameter]:
     """Parameters of a protocol network's ``encoder`` or ``decoder`` (split by ``decoder_modules``)."""
     if part not in ("encoder", "decoder"):
         raise ValueError(f"part={part!r} is not allowed; choose encoder or decoder")
-    decoder = set(net.decoder_modules)
-    for name, child in net.named_children():
-        if (name in decoder) == (part == "decoder"):
-            yield from child.parameters()
+    for name, param in net.named_parameters():
+        if _under(name, net.decoder_modules) == (part == "decoder"):
+            yield param
+
+
+class RemovedModule(nn.Identity):
+    """What :func:`remove_modules` leaves in place of a module: no parameters, passes its input on."""
+
+
+def remove_modules(net: nn.Module, paths: Sequence[str]) -> None:
+    """Replace the submodules at ``paths`` by :class:`RemovedModule` (list indices and names stay)."""
+    for path in paths:
+        parent, _, name = path.rpartition(".")
+        setattr(net.get_submodule(parent), name, RemovedModule())
+
+
+def check_feature_shapes(
+    points: Sequence[FeaturePoint], features: Sequence[Tensor], size: torch.Size, owner: str
+) -> None:
+    """Check ``features`` against ``points``: channels and stride for an input of spatial ``size``.
+
+    Raises:
+        ValueError: naming ``owner``, the point, what ``feature_info`` says and the tensor's shape.
+    """
+    if len(features) != len(points):
+        raise ValueError(f"{owner}: feature_info lists {len(points)} points but encode() gave {len(features)} tensors")
+    height, width = size[-2:]
+    for point, feature in zip(points, features, strict=True):
+        expected = (point.num_chs, -(-height // point.reduction), -(-width // point.reduction))
+        if feature.ndim != 4 or tuple(feature.shape[1:]) != expected:
+            raise ValueError(
+                f"{owner}: {point.name} has shape {tuple(feature.shape)} for an input of {height}x{width}, "
+                f"but feature_info says {point.num_chs} channels at stride {point.reduction}, i.e. (N, *{expected})"
+            )
 
 
 def implements_protocol(net: object) -> bool:
