@@ -288,3 +288,26 @@ class SkipConvUNet(nn.Module):
         feat = self.stem(x)
         bottleneck = self.down(feat)
         return self.head(self.up(bottleneck) + self.skip_conv(feat)) + x
+
+
+# ------------------------------------------------------------- the wrapping cases the tests share
+UNET_SN = {"type": "UNetDiscriminatorSN", "num_in_ch": 1, "num_feat": 4}
+NAF_PATHS = {"bottleneck": "middle_blks", "skips": ["encoders.0", "encoders.1"]}
+RESTORMER_PATHS = {"bottleneck": "latent", "skips": ["encoder_level1", "encoder_level2"]}
+
+# (backbone, extra ERLNet options, input channels): the four backbones of the done-when, each through
+# its adapter (MEMD natively), then through the module-path fallback where hooks are correct.
+WRAPPED = {
+    "memd": ({"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}, {}, 3),
+    "unet_sn": (UNET_SN, {}, 1),
+    "nafnet": ({"type": "TinyNAFNet"}, {}, 3),
+    "restormer": ({"type": "TinyRestormer"}, {}, 3),
+    "nafnet_hooks": ({"type": "TinyNAFNet"}, {"entangle_at": NAF_PATHS, "inject": "encoder"}, 3),
+    "restormer_hooks": ({"type": "TinyRestormer"}, {"entangle_at": RESTORMER_PATHS, "inject": "encoder"}, 3),
+    "skip_conv_hooks": ({"type": "SkipConvUNet"}, {"entangle_at": {"bottleneck": "down", "skips": ["skip_conv"]}}, 3),
+}
+
+
+def plain_network(backbone: dict) -> nn.Module:
+    name = backbone["type"] if backbone["type"] in ARCH_REGISTRY else f"{backbone['type']}_basicsr"
+    return ARCH_REGISTRY.get(name)(**{k: v for k, v in backbone.items() if k != "type"})

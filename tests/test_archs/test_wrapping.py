@@ -2,35 +2,13 @@
 
 import pytest
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
-from unet_zoo import TinyNAFNet, TinyNAFNetAdapter
+from unet_zoo import NAF_PATHS, UNET_SN, WRAPPED, TinyNAFNet, TinyNAFNetAdapter, plain_network
 
 from erl_plugin.archs import ERLNet
 from erl_plugin.archs.adapters import ADAPTERS, UNetDiscriminatorSNAdapter
 from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.archs.protocol import FeaturePoint, RemovedModule
-
-UNET_SN = {"type": "UNetDiscriminatorSN", "num_in_ch": 1, "num_feat": 4}
-NAF_PATHS = {"bottleneck": "middle_blks", "skips": ["encoders.0", "encoders.1"]}
-RESTORMER_PATHS = {"bottleneck": "latent", "skips": ["encoder_level1", "encoder_level2"]}
-
-# (backbone, extra ERLNet options, input channels): the four backbones of the done-when, each through
-# its adapter (MEMD natively), then through the module-path fallback where hooks are correct.
-WRAPPED = {
-    "memd": ({"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}, {}, 3),
-    "unet_sn": (UNET_SN, {}, 1),
-    "nafnet": ({"type": "TinyNAFNet"}, {}, 3),
-    "restormer": ({"type": "TinyRestormer"}, {}, 3),
-    "nafnet_hooks": ({"type": "TinyNAFNet"}, {"entangle_at": NAF_PATHS, "inject": "encoder"}, 3),
-    "restormer_hooks": ({"type": "TinyRestormer"}, {"entangle_at": RESTORMER_PATHS, "inject": "encoder"}, 3),
-    "skip_conv_hooks": ({"type": "SkipConvUNet"}, {"entangle_at": {"bottleneck": "down", "skips": ["skip_conv"]}}, 3),
-}
-
-
-def plain_network(backbone: dict) -> nn.Module:
-    name = backbone["type"] if backbone["type"] in ARCH_REGISTRY else f"{backbone['type']}_basicsr"
-    return ARCH_REGISTRY.get(name)(**{k: v for k, v in backbone.items() if k != "type"})
 
 
 @pytest.mark.parametrize("entangle", ["clgd", "mlgd"])
