@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
+from erl_plugin.models.nonfinite import NonFiniteLossError
 from erl_plugin.options import OptionsError, apply_overrides, load_options, validate_options
+from erl_plugin.resume import ResumeError
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -56,5 +58,9 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
                 handle.write(f"# {args.opt} with --set {' --set '.join(args.overrides)}\n")
                 yaml.safe_dump(opt, handle, sort_keys=False)
         sys.argv = [prog, "-opt", opt_path, *flags]
-        pipeline(os.getcwd())
+        try:
+            pipeline(os.getcwd())
+        except (ResumeError, NonFiniteLossError) as error:  # bad resume input (2), or training diverged (1)
+            print(f"error: {error}", file=sys.stderr)
+            return 2 if isinstance(error, ResumeError) else 1
     return 0
