@@ -6,7 +6,7 @@ the overlap, so memory stays bounded and no seams show. Every image keeps its fo
 
 Example:
     >>> net = load_network("options/erl_demo.yml", "experiments/erl_demo/models/net_g_latest.pth")
-    >>> report = derain_paths(net, ["photos/"], "photos_derained", tile=512, precision="fp32")
+    >>> report = derain_paths(net, ["photos/"], "photos_derained", tile=512, precision="bf16", channels_last=True)
     >>> print(report.summary())
 """
 
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
+from erl_plugin.speed import PRECISIONS, check_compile, memory_format, prepare_network, resolve_precision
 
 __all__ = [
     "PRECISIONS",
@@ -39,7 +40,6 @@ __all__ = [
     "tiled_forward",
 ]
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -66,30 +66,13 @@ class DerainReport:
         return "\n".join(lines)
 
 
-def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name on a device; ``None`` means plain fp32.
-
-    bf16 and fp16 need CUDA: on any other device they warn and fall back to fp32.
-
-    Raises:
-        ValueError: If ``precision`` is not one of :data:`PRECISIONS`.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not supported (allowed: {', '.join(PRECISIONS)})")
-    dtype = PRECISIONS[precision]
-    if dtype is not None and torch.device(device).type != "cuda":
-        warnings.warn(f"precision {precision} needs CUDA; running fp32 on {device}", RuntimeWarning, stacklevel=2)
-        return None
-    return dtype
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     if dtype is None or dtype == torch.float32:
         return nullcontext()
-    if device.type != "cuda":
+    if device.type != "cuda" and not (device.type == "cpu" and dtype == torch.bfloat16):
         warnings.warn(f"autocast to {dtype} needs CUDA; running fp32 on {device}", RuntimeWarning, stacklevel=3)
         return nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _check_tiling(tile: int | None, overlap: int, align: int = 1) -> None:
@@ -182,6 +165,7 @@ def derain_tiled(
     overlap: int = 32,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Derain one OpenCV image (as ``cv2.IMREAD_UNCHANGED`` reads it), keeping its format.
 
@@ -195,8 +179,9 @@ def derain_tiled(
         tile: Tile side, or None to run the whole image at once (see :func:`tiled_forward`).
         overlap: Overlap between tiles in pixels.
         device: Where to run; default: the device of the network's parameters.
-        dtype: Autocast dtype (``torch.float16`` / ``torch.bfloat16``) on CUDA; None for fp32.
-            Elsewhere a reduced dtype warns and runs fp32.
+        dtype: Autocast dtype (``torch.float16`` / ``torch.bfloat16``) on CUDA, ``torch.bfloat16``
+            on the CPU; None for fp32. Elsewhere a reduced dtype warns and runs fp32.
+        channels_last: Feed the network NHWC memory (for a network converted to channels_last).
 
     Returns:
         The derained image, with the input's dtype and shape.
@@ -216,6 +201,7 @@ def derain_tiled(
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1)))[None].to(device)
+    x = memory_format(x, channels_last)
     with _autocast(device, dtype):
         y = tiled_forward(net, x, tile, overlap)
     out = y[0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)[..., ::-1]
@@ -287,6 +273,8 @@ def derain_paths(
     overlap: int = 32,
     precision: str = "fp32",
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
+    compile: bool | dict | None = None,
     side_by_side: bool = False,
     progress: bool = True,
 ) -> DerainReport:
@@ -297,14 +285,17 @@ def derain_paths(
     input: ``out_dir`` may not be the folder of any input, and no two inputs may share an output.
 
     Args:
-        net: The network; it is moved to ``device``.
+        net: The network; it is moved to ``device`` (and converted and compiled) in place.
         inputs: Image files and folders (see :func:`collect_images`).
         out_dir: Output folder, created if needed.
         tile: Tile side, or None for whole images (see :func:`tiled_forward`). Default: 512.
         overlap: Overlap between tiles. Default: 32.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (the last two on CUDA only, see
-            :func:`resolve_precision`). Default: ``fp32``.
+        precision: ``fp32`` (or ``none``), ``bf16`` or ``fp16``: autocast on CUDA; on the CPU bf16
+            runs and fp16 warns and runs fp32 (see :func:`~erl_plugin.speed.resolve_precision`).
         device: Where to run. Default: ``cpu``.
+        channels_last: Run the network in channels_last (NHWC) memory order.
+        compile: ``torch.compile`` the network (true, or a mapping of
+            :data:`~erl_plugin.speed.COMPILE_KEYS`); where unavailable it warns and runs eagerly.
         side_by_side: Also write ``<stem>_compare.png`` (rainy | derained, 8-bit).
         progress: Show a progress bar.
 
@@ -314,12 +305,13 @@ def derain_paths(
     _check_tiling(tile, overlap)
     dtype = resolve_precision(precision, device)
     plan = _plan(collect_images(inputs), Path(out_dir), side_by_side)
-    net = net.to(device)
+    compile_options = check_compile(compile)
+    net = prepare_network(net, torch.device(device), channels_last, compile_options)
     report = DerainReport(device=str(device), precision=precision if dtype is not None else "fp32")
     for source, output, compare in tqdm(plan, desc="derain", unit="image", disable=not progress):
         try:
             image = read_image(source)
-            result = derain_tiled(net, image, tile, overlap, device, dtype)
+            result = derain_tiled(net, image, tile, overlap, device, dtype, channels_last)
         except (ImageFileError, UnsupportedImageError) as error:
             report.skipped.append((source, str(error)))
             continue

@@ -18,7 +18,9 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGIS
 
 from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.metrics.protocols import check_protocol
+from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import StageError, parse_stages
+from erl_plugin.speed import check_speed_options, requested_speed_options
 
 
 class OptionsError(ValueError):
@@ -140,13 +142,27 @@ def _check_checkpoint_fits(
         raise OptionsError(f"{source}: path.{key}: {checkpoint} does not fit {what}: {error}") from None
 
 
+def _check_speed(opt: Mapping[str, Any], source: str) -> None:
+    """The speed options are valid, and the model reads them (plain SRModel would ignore them)."""
+    try:
+        check_speed_options(opt)
+    except ValueError as error:
+        raise OptionsError(f"{source}: {error}") from None
+    requested = requested_speed_options(opt)
+    if requested and not issubclass(MODEL_REGISTRY.get(opt["model_type"]), DerainModel):
+        raise OptionsError(
+            f"{source}: {', '.join(requested)}: model_type {opt['model_type']} runs fp32 eagerly only; "
+            "use model_type: DerainModel (any single network) or ERLModel"
+        )
+
+
 def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
     """Check what BasicSR would otherwise fail on deep inside its pipeline.
 
     Checks the model, network and dataset types against BasicSR's registries, that each network
     builds from its options and takes its pretrained checkpoint, that every dataset path, meta-info
-    file and pretrained network exists, that the sections the pipeline reads are present, and an
-    ERLModel's stages and teacher checkpoint.
+    file and pretrained network exists, that the sections the pipeline reads are present, an
+    ERLModel's stages and teacher checkpoint, and the speed options (:mod:`erl_plugin.speed`).
 
     Raises:
         OptionsError: naming ``source``, the key and what is allowed.
@@ -191,6 +207,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         backbone = opt["network_g"]["backbone"]
         teacher = build_backbone(backbone)  # network_g built above, so the backbone builds too
         _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
+    _check_speed(opt, source)
     if is_train and opt["model_type"] == "ERLModel":
         try:
             parse_stages(opt)

@@ -29,7 +29,16 @@ def main() -> int:
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")
     parser.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default: 32)")
     parser.add_argument("--no-tile", action="store_true", help="run each image whole")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="bf16/fp16 need CUDA")
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="autocast precision: bf16 on CUDA or the CPU, fp16 on CUDA (elsewhere it warns and runs fp32)",
+    )
+    parser.add_argument("--channels-last", action="store_true", help="run the network in channels_last memory order")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (warns and runs eagerly where unavailable)"
+    )
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
@@ -56,6 +65,8 @@ def main() -> int:
             overlap=args.overlap,
             precision=args.precision,
             device=args.device,
+            channels_last=args.channels_last,
+            compile=args.compile,
             side_by_side=args.compare,
             progress=not args.no_progress,
         )

@@ -25,7 +25,6 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models import lr_scheduler
 from basicsr.models.base_model import BaseModel
-from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -33,7 +32,9 @@ from torch import Tensor, nn
 
 from erl_plugin.archs.erl_arch import ERLNet, build_backbone
 from erl_plugin.archs.protocol import part_parameters
+from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import Stage, parse_stages
+from erl_plugin.speed import autocast
 
 SCHEDULERS = {
     "MultiStepLR": lr_scheduler.MultiStepRestartLR,
@@ -55,7 +56,7 @@ class AlignedTeacher(nn.Module):
 
 
 @MODEL_REGISTRY.register()
-class ERLModel(SRModel):
+class ERLModel(DerainModel):
     """Staged ERL-Net training; see the module docstring. Options: ``options/erl_rain100h.yml``."""
 
     def __init__(self, opt: dict[str, Any]) -> None:
@@ -63,8 +64,8 @@ class ERLModel(SRModel):
         net_g = build_network(copy.deepcopy(opt["network_g"]))
         if not isinstance(net_g, ERLNet):
             raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
-        self.net_g: nn.Module = net_g.to(self.device)
-        self.net_t: nn.Module = build_backbone(net_g.backbone_options).to(self.device)
+        self.net_g: nn.Module = self.prepare_network(net_g)  # channels_last, compile (DerainModel)
+        self.net_t: nn.Module = self.prepare_network(build_backbone(net_g.backbone_options))
         self.print_network(self.net_g)
         path = opt["path"]
         self._load_checkpoint(
@@ -199,19 +200,22 @@ class ERLModel(SRModel):
         stage = self.stage
         self.optimizer_g.zero_grad()
         loss_dict: OrderedDict[str, Tensor] = OrderedDict()
-        if stage.trains_teacher:
-            net = self.net_aligned if self.net_aligned is not None else self.net_t
-            self.output = net(self.gt)
-            loss_dict["l_teacher"] = self.cri_pix(self.output, self.gt)
-        elif "feature" in stage.losses:
-            self.output, features = self.net_g(self.lq, return_features=True)
-            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
-            loss_dict["l_fre"] = self.cri_feat(features, self._teacher_targets(self.gt))
-        else:
-            self.output = self.net_g(self.lq, entangled=stage.entangled)
-            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
-        sum(loss_dict.values()).backward()
-        self.optimizer_g.step()
+        # Networks (the teacher's targets included) under train.amp; losses on outputs cast to fp32.
+        with self.train_autocast():
+            if stage.trains_teacher:
+                net = self.net_aligned if self.net_aligned is not None else self.net_t
+                self.output = net(self.gt).float()
+                loss_dict["l_teacher"] = self.cri_pix(self.output, self.gt)
+            elif "feature" in stage.losses:
+                output, features = self.net_g(self.lq, return_features=True)
+                self.output = output.float()
+                loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+                targets = self._teacher_targets(self.gt)
+                loss_dict["l_fre"] = self.cri_feat([f.float() for f in features], [t.float() for t in targets])
+            else:
+                self.output = self.net_g(self.lq, entangled=stage.entangled).float()
+                loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+        self.backward_step(sum(loss_dict.values()))
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
@@ -222,8 +226,8 @@ class ERLModel(SRModel):
         net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            self.output = net(self.lq, entangled=entangled)
+        with torch.no_grad(), autocast(self.device, self.test_dtype):
+            self.output = net(self.lq, entangled=entangled).float()
         net.train(was_training)
 
     # -------------------------------------------------------------------------- save and resume

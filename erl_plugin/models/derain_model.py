@@ -1,0 +1,110 @@
+"""DerainModel: BasicSR's ``SRModel`` with mixed precision, channels_last and ``torch.compile``.
+
+BasicSR 1.4.2 trains and tests in fp32 only. This model reads the options of
+:mod:`erl_plugin.speed` (``train.amp``, ``val.amp``, ``channels_last``, ``compile``) and otherwise
+behaves as ``SRModel``: with none of them set it computes exactly what ``SRModel`` computes. It
+trains any single network (``model_type: DerainModel``, e.g. MEMD); ERLModel builds on it.
+
+The forward pass runs under autocast, the losses in fp32 on the output cast back to fp32; fp16
+scales the loss with a GradScaler (bf16 needs none). Networks are converted and compiled before
+they are DDP-wrapped, in place, so checkpoints keep plain parameter names.
+"""
+
+from collections import OrderedDict
+from contextlib import AbstractContextManager
+from functools import cached_property
+from typing import Any
+
+import torch
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+from torch import Tensor, nn
+
+from erl_plugin.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
+
+
+@MODEL_REGISTRY.register()
+class DerainModel(SRModel):
+    """``SRModel`` plus the speed options of :mod:`erl_plugin.speed`; see the module docstring."""
+
+    @cached_property
+    def train_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of training steps (``train.amp``), after the device's fallbacks."""
+        return resolve_precision((self.opt.get("train") or {}).get("amp", "none"), self.device, "train.amp")
+
+    @cached_property
+    def test_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of validation and testing (``val.amp``), after the device's fallbacks."""
+        return resolve_precision((self.opt.get("val") or {}).get("amp", "none"), self.device, "val.amp")
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether networks and batches use channels_last memory order."""
+        return bool(self.opt.get("channels_last", False))
+
+    @cached_property
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 training; a pass-through otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.train_dtype is torch.float16)
+
+    @cached_property
+    def compile_options(self) -> dict[str, Any] | None:
+        """``torch.compile`` arguments from the ``compile`` option (None: off); logs the settings once."""
+        options = check_compile(self.opt.get("compile"))
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        get_root_logger().info(
+            f"Speed on {self.device}: train.amp {names.get(self.train_dtype, 'none (fp32)')}, "
+            f"val.amp {names.get(self.test_dtype, 'none (fp32)')}, channels_last {self.channels_last}, "
+            f"compile {options if options is not None else 'off'}"
+        )
+        return options
+
+    def prepare_network(self, net: nn.Module) -> nn.Module:
+        """Move ``net`` to the device in the configured memory format, compiled when asked."""
+        return prepare_network(net, self.device, self.channels_last, self.compile_options)
+
+    def model_to_device(self, net: nn.Module) -> nn.Module:
+        """Prepare ``net`` (memory format, compile), then move and wrap it as BasicSR does."""
+        return super().model_to_device(self.prepare_network(net))
+
+    def train_autocast(self) -> AbstractContextManager:
+        """The autocast context of a training forward pass."""
+        return autocast(self.device, self.train_dtype)
+
+    def feed_data(self, data: dict[str, Tensor]) -> None:
+        super().feed_data(data)
+        self.lq = memory_format(self.lq, self.channels_last)
+        if hasattr(self, "gt"):
+            self.gt = memory_format(self.gt, self.channels_last)
+
+    def backward_step(self, loss: Tensor) -> None:
+        """Back-propagate ``loss`` and step ``optimizer_g``, through the GradScaler for fp16."""
+        self.grad_scaler.scale(loss).backward()
+        self.grad_scaler.step(self.optimizer_g)
+        self.grad_scaler.update()
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        with self.train_autocast():
+            output = self.net_g(self.lq)
+        self.output = output.float()
+        loss_dict: OrderedDict[str, Tensor] = OrderedDict()
+        if self.cri_pix:
+            loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            if l_percep is not None:
+                loss_dict["l_percep"] = l_percep
+            if l_style is not None:
+                loss_dict["l_style"] = l_style
+        self.backward_step(sum(loss_dict.values()))
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """SRModel's test under ``val.amp``; the output is fp32."""
+        with autocast(self.device, self.test_dtype):
+            super().test()
+        self.output = self.output.float()
