@@ -16,12 +16,26 @@ dist_init_cpu             ``--launcher pytorch`` hard-codes the nccl backend and
 ddp_cpu                   ``BaseModel.model_to_device`` passes
                           ``device_ids=[torch.cuda.current_device()]`` to DDP, which fails
                           without CUDA.
-resume_cpu                ``basicsr.train.load_resume_state`` maps the state to
-                          ``torch.cuda.current_device()`` (fails without CUDA) and looks for
-                          states relative to the working directory instead of the experiment.
 lmdb_shared_env           py-lmdb >= 2 refuses to open one environment twice in a process, so
                           training and validation on one LMDB crash at the first validation
                           when they run in the same process.
+exact_resume              resume restarts the interrupted epoch from its first batch, saves no
+                          RNG state, maps the state to ``torch.cuda.current_device()`` (fails
+                          without CUDA) and looks for it relative to the working directory;
+                          validation moves the training RNG streams. Replaced by
+                          :mod:`erl_plugin.resume` (seeded samples, resumable sampler, RNG
+                          states, checked states with fallback, ``logger.keep_last``).
+atomic_checkpoints        ``save_network`` and ``save_training_state`` write in place: a kill
+                          mid-write leaves a truncated file. Here: temporary file, fsync, rename,
+                          and the SHA-256 of each network file recorded for resume.
+safe_load                 ``load_network`` calls ``torch.load`` without ``weights_only`` (runs
+                          pickled code on torch < 2.6) and fails with a bare traceback on a
+                          corrupt file. Here: ``weights_only=True``, a message naming the file.
+dist_validation           ``dist_validation`` validates on rank 0 while the others wait in the
+                          next all-reduce, into the process group's timeout on long validations.
+                          Here: sharded over the ranks (:mod:`erl_plugin.models.validation`).
+no_force_yml              ``--force_yml`` applies overrides with ``exec`` (and lists with
+                          ``eval``): refused, with a pointer to ``erl-train --set``.
 ========================  =====================================================================
 
 The functional_tensor patch runs before anything of basicsr is imported; the others patch basicsr
@@ -92,56 +106,146 @@ def _ddp_without_device_ids() -> None:
     BaseModel.model_to_device = model_to_device
 
 
-def load_resume_state(opt: dict) -> dict | None:
-    """CPU-safe replacement for ``basicsr.train.load_resume_state``.
+def _always() -> bool:
+    return True
 
-    Finds the latest ``<iter>.state`` in ``opt['path']['training_states']`` when auto-resuming
-    (or takes ``opt['path']['resume_state']``), loads it on the CPU with ``weights_only=True`` and
-    repoints the networks through basicsr's ``check_resume``, as upstream does.
+
+_TRAIN_SCRIPT = os.path.join("basicsr", "train.py")
+_script_swaps: dict[str, Callable[..., Any]] = {}
+_refuse_force_yml = False
+
+
+def _wrap_parse_options() -> None:
+    """Wrap ``parse_options`` once: it refuses ``--force_yml`` and swaps names in ``basicsr/train.py``.
+
+    When basicsr/train.py runs as a script (directly or with -m), that module is ``__main__``, whose
+    code runs after the patches: it binds its own functions, then calls ``parse_options`` first thing,
+    so the wrapper replaces them in the calling module's globals. ``basicsr.train`` as imported by
+    ``erl-train`` is patched directly.
     """
-    import torch
-    from basicsr.utils import check_resume, scandir
-
-    resume_state_path = None
-    if opt["auto_resume"]:
-        state_dir = opt["path"]["training_states"]
-        if os.path.isdir(state_dir):
-            stems = (name[: -len(".state")] for name in scandir(state_dir, suffix=".state"))
-            iters = [int(stem) for stem in stems if stem.isdigit()]
-            if iters:
-                resume_state_path = os.path.join(state_dir, f"{max(iters)}.state")
-                opt["path"]["resume_state"] = resume_state_path
-    elif opt["path"].get("resume_state"):
-        resume_state_path = opt["path"]["resume_state"]
-    if resume_state_path is None:
-        return None
-    resume_state = torch.load(resume_state_path, map_location="cpu", weights_only=True)
-    check_resume(opt, resume_state["iter"])
-    return resume_state
-
-
-def _resume_on_cpu() -> None:
-    # train_pipeline calls load_resume_state through its module's globals. basicsr/__init__.py has
-    # already imported basicsr.train: replace it there. When basicsr/train.py runs as a script
-    # (directly or with -m), that module is __main__, whose code runs after this patch: it binds
-    # parse_options from basicsr.utils.options and calls it first thing, so a wrapper there swaps
-    # load_resume_state in the calling module's globals.
-    import basicsr.train
     from basicsr.utils import options
 
-    basicsr.train.load_resume_state = load_resume_state
-
+    if getattr(options.parse_options, "erl_plugin_wrapped", False):
+        return
     upstream = options.parse_options
-    train_script = os.path.join("basicsr", "train.py")
 
     def parse_options(root_path: str, is_train: bool = True) -> tuple[dict, Any]:
+        if _refuse_force_yml and any(
+            len(arg.split("=")[0]) > 3 and "--force_yml".startswith(arg.split("=")[0]) for arg in sys.argv[1:]
+        ):
+            raise SystemExit(
+                "error: --force_yml applies overrides with exec, which erl_plugin refuses; use "
+                "erl-train -opt FILE --set key.sub=value (YAML values, never run as code)"
+            )
         caller = sys._getframe(1).f_globals
-        loader = caller.get("load_resume_state")
-        if is_train and loader is not None and loader.__code__.co_filename.endswith(train_script):
-            caller["load_resume_state"] = load_resume_state
+        for name, replacement in _script_swaps.items():
+            current = caller.get(name)
+            if current is not None and getattr(current, "__code__", None) is not None:
+                if current.__code__.co_filename.endswith(_TRAIN_SCRIPT):
+                    caller[name] = replacement
         return upstream(root_path, is_train)
 
+    parse_options.erl_plugin_wrapped = True
     options.parse_options = parse_options
+
+
+def _exact_resume() -> None:
+    import basicsr.train
+    from basicsr.models.base_model import BaseModel
+
+    from erl_plugin import resume
+
+    for name in ("load_resume_state", "create_train_val_dataloader"):
+        setattr(basicsr.train, name, getattr(resume, name))
+        _script_swaps[name] = getattr(resume, name)
+    _wrap_parse_options()
+
+    def save_training_state(self: BaseModel, epoch: int, current_iter: int) -> None:
+        resume.write_training_state(self, epoch, current_iter)
+
+    upstream_validation = BaseModel.validation
+
+    def validation(self: BaseModel, *args: Any, **kwargs: Any) -> None:
+        # Validation must not move the streams training draws from, or its frequency changes training.
+        rng = resume.capture_rng()
+        try:
+            upstream_validation(self, *args, **kwargs)
+        finally:
+            resume.restore_rng(rng)
+
+    BaseModel.save_training_state = save_training_state
+    BaseModel.validation = validation
+
+
+def _atomic_checkpoints() -> None:
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils.dist_util import master_only
+
+    from erl_plugin.checkpoint import atomic_save
+
+    @master_only
+    def save_network(
+        self: BaseModel, net: Any, net_label: str, current_iter: int | str, param_key: str | list[str] = "params"
+    ) -> None:
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError(f"save_network: {len(nets)} networks but {len(keys)} param keys")
+        state = {
+            key: {k.removeprefix("module."): v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
+            for n, key in zip(nets, keys, strict=True)
+        }
+        name = f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth"
+        digest = atomic_save(state, os.path.join(self.opt["path"]["models"], name))
+        if isinstance(current_iter, int) and current_iter >= 0:  # what the training state will check on resume
+            files = self.__dict__.setdefault("checkpoint_files", {})
+            files.setdefault(current_iter, {})[name] = digest
+
+    BaseModel.save_network = save_network
+
+
+def _safe_load_network() -> None:
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils import get_root_logger
+
+    from erl_plugin.checkpoint import safe_load
+
+    def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
+        net = self.get_bare_model(net)
+        loaded = safe_load(load_path, "network")
+        if param_key is not None:
+            if param_key not in loaded and "params" in loaded:
+                param_key = "params"
+            if param_key not in loaded:
+                raise ValueError(f"{load_path}: no {param_key!r} entry (has {', '.join(map(str, loaded))})")
+            loaded = loaded[param_key]
+        get_root_logger().info(f"Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].")
+        loaded = {k.removeprefix("module."): v for k, v in loaded.items()}
+        self._print_different_keys_loading(net, loaded, strict)
+        try:
+            net.load_state_dict(loaded, strict=strict)
+        except RuntimeError as error:
+            raise ValueError(f"{load_path} does not fit {type(net).__name__}: {error}") from None
+
+    BaseModel.load_network = load_network
+
+
+def _sharded_dist_validation() -> None:
+    from basicsr.models.sr_model import SRModel
+
+    def dist_validation(self: SRModel, dataloader: Any, current_iter: int, tb_logger: Any, save_img: bool) -> None:
+        # Imported on first use: erl_plugin.models is not loaded yet while the patches apply.
+        from erl_plugin.models.validation import sharded_validation
+
+        sharded_validation(self, dataloader, current_iter, tb_logger, save_img)
+
+    SRModel.dist_validation = dist_validation
+
+
+def _no_force_yml() -> None:
+    global _refuse_force_yml
+    _refuse_force_yml = True
+    _wrap_parse_options()
 
 
 def _lmdb_refuses_reopen() -> bool:
@@ -181,8 +285,12 @@ PRE_IMPORT = (Patch("functional_tensor", _functional_tensor_missing, _alias_func
 POST_IMPORT = (
     Patch("dist_init_cpu", _no_cuda, _gloo_on_cpu),
     Patch("ddp_cpu", _no_cuda, _ddp_without_device_ids),
-    Patch("resume_cpu", _no_cuda, _resume_on_cpu),
     Patch("lmdb_shared_env", _lmdb_refuses_reopen, _share_lmdb_envs),
+    Patch("exact_resume", _always, _exact_resume),
+    Patch("atomic_checkpoints", _always, _atomic_checkpoints),
+    Patch("safe_load", _always, _safe_load_network),
+    Patch("dist_validation", _always, _sharded_dist_validation),
+    Patch("no_force_yml", _always, _no_force_yml),
 )
 PATCH_NAMES = tuple(p.name for p in PRE_IMPORT + POST_IMPORT)
 
