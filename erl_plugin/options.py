@@ -7,8 +7,10 @@ the result.
 """
 
 import copy
+import importlib
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,7 +18,6 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import StageError, parse_stages
@@ -100,6 +101,35 @@ def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: st
     return result
 
 
+def import_custom_modules(opt: Mapping[str, Any], source: str) -> list[str]:
+    """Import the modules ``custom_imports`` lists, so the networks they register can be built.
+
+    The current directory (the root) comes first on the import path, as for ``python -m``. This is
+    how a network of your own reaches ``erl-train`` and ``erl-test`` (with ``python basicsr/train.py``,
+    BasicSR itself imports ``basicsr/archs/*_arch.py``).
+
+    Returns:
+        The names imported.
+
+    Raises:
+        OptionsError: naming the module that is not a list of names or does not import.
+    """
+    names = opt.get("custom_imports") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise OptionsError(f"{source}: custom_imports: expected a list of module names, got {names!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise OptionsError(
+                f"{source}: custom_imports: {name!r} cannot be imported ({error}); the import path starts at "
+                f"{os.getcwd()}, then PYTHONPATH"
+            ) from None
+    return names
+
+
 def _registered(registry: Any) -> str:
     return ", ".join(sorted(registry.keys()))
 
@@ -109,6 +139,13 @@ def _check_registered(value: Any, registry: Any, where: str, what: str, source: 
         raise OptionsError(
             f"{source}: {where}: {value!r} is not a registered {what}; registered: {_registered(registry)}"
         )
+
+
+def _check_count(opt: Mapping[str, Any], section: str, key: str, source: str) -> None:
+    """An optional positive integer option, such as ``logger.keep_last``."""
+    value = (opt.get(section) or {}).get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise OptionsError(f"{source}: {section}.{key}: {value!r} must be a positive integer (or absent)")
 
 
 def _check_path(value: Any, where: str, source: str) -> None:
@@ -173,6 +210,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             raise OptionsError(f"{source}: missing top-level key {key!r} (required: {', '.join(required)})")
     _check_registered(opt["model_type"], MODEL_REGISTRY, "model_type", "model", source)
     networks = [key for key in opt if key.startswith("network_")]
+    built: dict[str, torch.nn.Module] = {}
     if not networks:
         raise OptionsError(f"{source}: no network_* section (e.g. network_g: {{type: MEMD}})")
     for key in networks:
@@ -183,8 +221,9 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         kwargs = {k: v for k, v in copy.deepcopy(section).items() if k != "type"}
         try:  # through the registry: basicsr's build_network would set up its logger before the pipeline does
             net = ARCH_REGISTRY.get(section["type"])(**kwargs)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, KeyError) as error:
             raise OptionsError(f"{source}: {key}: {error}") from None
+        built[key] = net
         _check_checkpoint_fits(net, opt.get("path") or {}, key.removeprefix("network_"), source)
     datasets = opt["datasets"]
     if not isinstance(datasets, dict) or not datasets:
@@ -201,11 +240,13 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             _check_path(value, f"path.{key}", source)
     if is_train and "total_iter" not in (opt["train"] or {}):
         raise OptionsError(f"{source}: train.total_iter is missing")
+    _check_count(opt, "logger", "keep_last", source)
+    _check_count(opt, "train", "max_consecutive_nonfinite", source)
     if opt["model_type"] == "ERLModel":
         if opt["network_g"]["type"] != "ERLNet":
             raise OptionsError(f"{source}: network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
         backbone = opt["network_g"]["backbone"]
-        teacher = build_backbone(backbone)  # network_g built above, so the backbone builds too
+        teacher = built["network_g"].new_backbone()
         _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
     _check_speed(opt, source)
     if is_train and opt["model_type"] == "ERLModel":
@@ -227,5 +268,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
                 check_protocol(metric.get("protocol", "basicsr"))
             except ValueError as error:
                 raise OptionsError(f"{source}: {where}.protocol: {error}") from None
+    if val and "save_img" not in val:
+        raise OptionsError(f"{source}: val.save_img is missing (BasicSR reads it at every validation; save_img: false)")
     if not is_train and val.get("save_img") and "suffix" not in val:
         raise OptionsError(f"{source}: val.suffix is missing (needed when val.save_img is true; `suffix: ~`)")

@@ -30,10 +30,13 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
-from erl_plugin.archs.erl_arch import ERLNet, build_backbone
+from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
+from erl_plugin.checkpoint import atomic_save
 from erl_plugin.models.derain_model import DerainModel
+from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
 from erl_plugin.models.stages import Stage, parse_stages
+from erl_plugin.resume import ResumeError, write_training_state
 from erl_plugin.speed import autocast
 
 SCHEDULERS = {
@@ -65,7 +68,7 @@ class ERLModel(DerainModel):
         if not isinstance(net_g, ERLNet):
             raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
         self.net_g: nn.Module = self.prepare_network(net_g)  # channels_last, compile (DerainModel)
-        self.net_t: nn.Module = self.prepare_network(build_backbone(net_g.backbone_options))
+        self.net_t: nn.Module = self.prepare_network(net_g.new_backbone())
         self.print_network(self.net_g)
         path = opt["path"]
         self._load_checkpoint(
@@ -93,6 +96,14 @@ class ERLModel(DerainModel):
     def init_training_settings(self) -> None:
         train_opt = self.opt["train"]
         self.stages = parse_stages(self.opt)
+        if self.get_bare_model(self.net_g).hooked and any("teacher_encoder" in stage.train for stage in self.stages):
+            raise ValueError(
+                "train.teacher_mode: aligned runs the teacher's encoder through the backbone's decoder, which a "
+                "backbone entangled through network_g.entangle_at has not as a separate call; use teacher_mode: "
+                "independent, or an adapter"
+            )
+        limit = train_opt.get("max_consecutive_nonfinite", DEFAULT_LIMIT)
+        self.nonfinite_guard = NonFiniteGuard(limit, distributed=self.opt["dist"])
         self.ema_decay = train_opt.get("ema_decay", 0)
         if self.ema_decay > 0:
             self.net_g_ema = build_network(copy.deepcopy(self.opt["network_g"])).to(self.device)
@@ -173,7 +184,7 @@ class ERLModel(DerainModel):
         if not stage.entangled:
             bare_g = self.get_bare_model(self.net_g)
             backbone = bare_g.backbone_options["type"].lower()
-            torch.save({"params": bare_g.backbone_state_dict()}, os.path.join(models, f"{backbone}_{stage.name}.pth"))
+            atomic_save({"params": bare_g.backbone_state_dict()}, os.path.join(models, f"{backbone}_{stage.name}.pth"))
 
     def _ensure_stage(self, current_iter: int) -> None:
         index = self._stage_index_for(current_iter)
@@ -215,6 +226,10 @@ class ERLModel(DerainModel):
             else:
                 self.output = self.net_g(self.lq, entangled=stage.entangled).float()
                 loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+        where = f"stage {stage.name!r}, iteration {current_iter}"
+        if not self.nonfinite_guard.check(loss_dict, where, get_root_logger()):
+            self.log_dict = self.reduce_loss_dict(loss_dict)
+            return
         self.backward_step(sum(loss_dict.values()))
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
@@ -232,6 +247,12 @@ class ERLModel(DerainModel):
 
     # -------------------------------------------------------------------------- save and resume
     def save(self, epoch: int, current_iter: int) -> None:
+        """Networks and training state; nothing while non-finite steps are being skipped (keep the last good)."""
+        if self.nonfinite_guard.streak:
+            get_root_logger().warning(
+                f"Iteration {current_iter}: not saving during {self.nonfinite_guard.streak} non-finite steps in a row"
+            )
+            return
         if hasattr(self, "net_g_ema"):
             self.save_network([self.net_g, self.net_g_ema], "net_g", current_iter, param_key=["params", "params_ema"])
         else:
@@ -239,32 +260,56 @@ class ERLModel(DerainModel):
         self.save_network(self.net_t, "net_t", current_iter)
         self.save_training_state(epoch, current_iter)
 
-    @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's training state plus the active stage, written to a temporary file then renamed."""
-        if current_iter == -1:
-            return
-        state = {
-            "epoch": epoch,
-            "iter": current_iter,
-            "stage": self.stage_index,
-            "stages": [stage.name for stage in self.stages],
-            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
-            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
-        }
-        path = os.path.join(self.opt["path"]["training_states"], f"{current_iter}.state")
-        torch.save(state, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        """The training state of :mod:`erl_plugin.resume` plus the stage plan and the active stage."""
+        plan = _stage_plan(self.stages)
+        write_training_state(self, epoch, current_iter, {"stage": self.stage_index, "stages": plan})
+        if current_iter != -1:
+            self.nonfinite_guard.last_checkpoint = os.path.join(
+                self.opt["path"]["training_states"], f"{current_iter}.state"
+            )
+
+    @staticmethod
+    def check_resume_state(opt: dict[str, Any], state: dict[str, Any], path: str) -> None:
+        """Refuse, before anything is written, a state without a stage or from another stage plan.
+
+        Called by :func:`erl_plugin.resume.load_resume_state`.
+        """
+        if state.get("stage") is None or state.get("stages") is None:
+            raise ResumeError(
+                f"{path}: the training state records no stage (keys: {', '.join(sorted(state))}); an ERLModel run "
+                "resumes only from states written by ERLModel"
+            )
+        plan = _stage_plan(parse_stages(opt))
+        if state["stages"] != plan:
+            raise ResumeError(
+                f"{path}: written for the stages {_describe(state['stages'])}, but the options "
+                f"(train.strategy {opt['train'].get('strategy')!r}) give {_describe(plan)}; resume with the options "
+                "that wrote it, or train under a new name"
+            )
+        stage = parse_stages(opt)[state["stage"]]
+        if not stage.first - 1 <= state["iter"] <= stage.last:
+            raise ResumeError(
+                f"{path}: iteration {state['iter']} lies outside its stage {stage.name!r} "
+                f"(iterations {stage.first}-{stage.last} under these options: train.stage_iters changed)"
+            )
 
     def resume_training(self, resume_state: dict[str, Any]) -> None:
-        """Restore the stage, the teacher, and the stage's optimizers and schedulers."""
-        names = [stage.name for stage in self.stages]
-        if resume_state.get("stages") != names or resume_state.get("stage") is None:
-            raise ValueError(
-                f"path.resume_state: written for stages {resume_state.get('stages')} "
-                f"(active: {resume_state.get('stage')}), but the options give stages {names}"
-            )
-        teacher_path = os.path.join(self.opt["path"]["models"], f"net_t_{resume_state['iter']}.pth")
+        """Restore the stage, the teacher (and EMA), and the stage's optimizers and schedulers."""
+        models = self.opt["path"]["models"]
+        teacher_path = os.path.join(models, f"net_t_{resume_state['iter']}.pth")
         self.load_network(self.get_bare_model(self.net_t), teacher_path, True, "params")
+        if hasattr(self, "net_g_ema"):
+            ema_path = os.path.join(models, f"net_g_{resume_state['iter']}.pth")
+            self.load_network(self.net_g_ema, ema_path, True, "params_ema")
         self._enter_stage(resume_state["stage"])
         super().resume_training(resume_state)
+
+
+def _stage_plan(stages: list[Stage]) -> list[dict[str, Any]]:
+    """What a training state records of the stages: names, branches trained, losses."""
+    return [{"name": s.name, "train": list(s.train), "losses": list(s.losses)} for s in stages]
+
+
+def _describe(plan: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{s['name']} ({'+'.join(s['train'])}; {'+'.join(s['losses'])})" for s in plan)
