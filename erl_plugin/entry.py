@@ -13,7 +13,13 @@ from collections.abc import Callable, Sequence
 import yaml
 
 from erl_plugin.models.nonfinite import NonFiniteLossError
-from erl_plugin.options import OptionsError, apply_overrides, load_options, validate_options
+from erl_plugin.options import (
+    OptionsError,
+    apply_overrides,
+    import_custom_modules,
+    load_options,
+    validate_options,
+)
 from erl_plugin.resume import ResumeError
 
 
@@ -43,6 +49,7 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     args = parser.parse_args(argv)
     try:
         opt = apply_overrides(load_options(args.opt), args.overrides, args.opt)
+        import_custom_modules(opt, args.opt)
         validate_options(opt, args.opt, is_train=is_train)
     except OptionsError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,11 +16,12 @@ import torch
 from basicsr.archs import build_network
 from torch import nn
 
+from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.data.layouts import raintrainh_pairs
 from erl_plugin.data.lmdb_writer import read_image, write_image
 from erl_plugin.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
-from erl_plugin.options import OptionsError, load_options
+from erl_plugin.options import OptionsError, import_custom_modules, load_options
 
 PROTOCOL = "basicsr"
 PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"
@@ -38,9 +39,11 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
     """Build ``network_g`` from an options file and load a BasicSR checkpoint into it (eval mode).
 
     A plain backbone checkpoint (such as ``memd_stage1.pth``, the end of ERL-Net's stage I) given
-    with ERLNet options builds the backbone alone, so it is evaluated as the baseline it is.
+    with ERLNet options builds the backbone alone, so it is evaluated as the baseline it is. The
+    modules ``custom_imports`` lists are imported first.
     """
     opt = load_options(opt_path)
+    import_custom_modules(opt, opt_path)
     if "network_g" not in opt:
         raise OptionsError(f"{opt_path}: no network_g section")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -49,8 +52,10 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
     params = state[param_key]
     network_opt = dict(opt["network_g"])
     if network_opt["type"] == "ERLNet" and not any(key.startswith("backbone.") for key in params):
-        network_opt = dict(network_opt["backbone"])
-    net = build_network(network_opt)
+        # The backbone as ERL-Net sees it: adapted networks declare their grid (feature_info).
+        net = build_backbone(network_opt["backbone"], network_opt.get("entangle_at"))
+    else:
+        net = build_network(network_opt)
     try:
         net.load_state_dict(params)
     except (RuntimeError, ValueError) as error:

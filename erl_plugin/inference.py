@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from erl_plugin.archs.memd_arch import pad_to_multiple
+from erl_plugin.archs.protocol import FeaturePoint
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
 from erl_plugin.speed import PRECISIONS, check_compile, memory_format, prepare_network, resolve_precision
@@ -111,9 +113,14 @@ def _feather(start: int, size: int, length: int, overlap: int) -> Tensor:
 
 
 def network_grid(net: nn.Module) -> int:
-    """The pixel grid a network down-samples on: ``2**num_down`` of its deepest MEMD-like part, else 1."""
-    depths = [module.num_down for module in net.modules() if isinstance(getattr(module, "num_down", None), int)]
-    return 2 ** max(depths, default=0)
+    """The pixel grid a network down-samples on: the deepest stride its ``feature_info`` lists, else 1."""
+    strides = [
+        point.reduction
+        for module in net.modules()
+        for point in getattr(module, "feature_info", None) or []
+        if isinstance(point, FeaturePoint)
+    ]
+    return max(strides, default=1)
 
 
 def tiled_forward(
@@ -125,7 +132,9 @@ def tiled_forward(
     tiles of ``tile`` x ``tile`` start every ``tile - overlap`` pixels and their outputs are averaged
     with weights that fall off (cosine) over the overlap. Tile origins are multiples of ``align``, so
     a network that pools sees the pixel grid it sees on the whole image; the last tile of each row and
-    column is flush with the border and up to ``align - 1`` pixels longer than ``tile``.
+    column is flush with the border and up to ``align - 1`` pixels longer than ``tile``. The input is
+    first padded (reflect, bottom and right) to a multiple of ``align`` and the output cropped back,
+    so networks that need sizes on their grid take any size.
 
     Args:
         net: A network whose output has the input's height and width.
@@ -139,9 +148,11 @@ def tiled_forward(
     """
     align = network_grid(net) if align is None else align
     _check_tiling(tile, overlap, align)
+    original_height, original_width = x.shape[-2:]
+    x = pad_to_multiple(x, align)  # for networks that do not pad to their grid themselves
     height, width = x.shape[-2:]
     if tile is None or (height <= tile and width <= tile):
-        return net(x).float()
+        return net(x).float()[..., :original_height, :original_width]
     out: Tensor | None = None
     total = torch.zeros(height, width, device=x.device)
     for top, rows in _starts(height, tile, tile - overlap, align):
@@ -154,7 +165,7 @@ def tiled_forward(
             out[..., top : top + rows, left : left + cols] += piece * weight
             total[top : top + rows, left : left + cols] += weight
     assert out is not None  # at least one tile ran
-    return out / total
+    return (out / total)[..., :original_height, :original_width]
 
 
 @torch.inference_mode()

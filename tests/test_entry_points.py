@@ -117,3 +117,9 @@ def test_unknown_protocol_in_val_metrics(tmp_path: Path, tiny_lmdb: dict[str, st
     opt = tiny_options(tiny_lmdb)
     opt["val"]["metrics"] = {"psnr_ieee": {"type": "protocol_psnr", "protocol": "ieee"}}
     _expect_options_error(tmp_path, opt, "val.metrics.psnr_ieee.protocol", "allowed: basicsr, paper, matlab")
+
+
+def test_missing_val_save_img(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt = tiny_options(tiny_lmdb)
+    del opt["val"]["save_img"]  # BasicSR would train, then fail with KeyError at the first validation
+    _expect_options_error(tmp_path, opt, "val.save_img is missing")

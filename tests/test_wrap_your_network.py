@@ -4,6 +4,7 @@ import re
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 import yaml
@@ -56,7 +57,14 @@ def test_the_tutorial_trains_as_written(tmp_path: Path, tiny_lmdb: dict[str, str
         MyUNet(width=16).load_state_dict(torch.load(models / "myunet_stage1.pth", weights_only=True)["params"])
     finally:
         sys.path.remove(str(tmp_path))
-    assert (models / "net_g_latest.pth").is_file()
+    # The derain tool reads custom_imports too.
+    (tmp_path / "my_photos").mkdir()
+    image = (torch.rand(37, 45, 3) * 255).to(torch.uint8).numpy()
+    cv2.imwrite(str(tmp_path / "my_photos" / "street.png"), image)
+    derain = " ".join(commands[2:]).replace("\\", "").replace("/path/to/erl_plugin", str(REPO)).split()
+    result = run_python(derain[1:], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert cv2.imread(str(tmp_path / "derained" / "street.png")).shape == (37, 45, 3)
 
 
 def test_the_module_path_options_build_and_mlgd_into_the_decoder_is_refused(tmp_path: Path) -> None:

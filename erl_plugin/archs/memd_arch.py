@@ -35,8 +35,8 @@ def _pad_mode(pad: int, side: int) -> str:
     return "reflect" if pad < side else "replicate"
 
 
-def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad the bottom and right of ``x`` so that its height and width divide by ``multiple``."""
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad the bottom and right of ``x`` (reflect) so that its height and width divide by ``multiple``."""
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
     if pad_w:
@@ -246,7 +246,7 @@ class MEMD(nn.Module):
             tuple[Tensor, list[Tensor]]: The bottleneck and the skips (highest resolution first;
             empty when ``skip=False``), shaped as described by ``feature_info``.
         """
-        feat = self.stem(_pad_to_multiple(x, 2**self.num_down))
+        feat = self.stem(pad_to_multiple(x, 2**self.num_down))
         skips = []
         for level, down in enumerate(self.downs):
             feat = self.encoder_blocks[level](feat)
