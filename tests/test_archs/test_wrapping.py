@@ -158,3 +158,16 @@ def test_module_path_backbones_come_from_the_options_for_the_teacher_too() -> No
     assert set(teacher.state_dict()) == set(plain_network({"type": "TinyRestormer"}).state_dict())
     bottleneck, skips = teacher.encode(torch.rand(1, 3, 16, 16))
     assert bottleneck.shape == (1, 16, 4, 4) and skips == []
+
+
+def test_a_residual_whose_shape_disagrees_with_the_point_names_both_shapes() -> None:
+    net = ERLNet({"type": "TinyNAFNet"}, entangle="clgd", entangle_at={"bottleneck": "middle_blks"})
+    # A residual encoder of another width, as a mismatched rebuild would give.
+    net.residual_encoder = ERLNet({"type": "TinyNAFNet", "width": 8}, entangle="clgd").residual_encoder
+    net.projections = None
+    with pytest.raises(
+        ValueError,
+        match=r"bottleneck \(module 'middle_blks'\): the backbone's feature has shape "
+        r"\(1, 16, 4, 4\) but the residual encoder gives \(1, 8, 16, 16\) \(feature_info: 16 channels at stride 4\)",
+    ):
+        net(torch.rand(1, 3, 16, 16))
