@@ -111,7 +111,7 @@ class ModulePathBackbone(AdoptedNetwork):
             *((f"skips[{i}]", p) for i, p in enumerate(entangle_at.skips)),
             ("bottleneck", entangle_at.bottleneck),
         ]:
-            if path not in modules or not path:
+            if path not in modules:
                 close = difflib.get_close_matches(path, [name for name in modules if name], n=3, cutoff=0.5)
                 hint = f"; close matches: {', '.join(close)}" if close else ""
                 top = ", ".join(name for name, _ in network.named_children())
