@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, run_python, write_options
+from test_erl_model import model_options
 from test_erl_training import erl_options, stage_lines
 from unet_zoo import WRAPPED, plain_network
 
 from erl_plugin.archs import ERLNet
+from erl_plugin.models import ERLModel
 
 ZOO = {"PYTHONPATH": str(REPO / "tests")}  # custom_imports: [unet_zoo] finds the test networks there
 CASES = {
@@ -53,3 +55,12 @@ def test_an_unimportable_custom_module_is_named(tmp_path: Path, tiny_lmdb: dict[
     assert result.returncode == 2
     assert "custom_imports: 'no_such_zoo' cannot be imported" in result.stderr
     assert not (tmp_path / "experiments").exists()
+
+
+def test_aligned_teacher_is_refused_with_module_paths(tmp_path: Path) -> None:
+    opt = model_options(tmp_path, "MA_D", teacher_mode="aligned")
+    opt["network_g"] = {"type": "ERLNet", "backbone": {"type": "TinyNAFNet"}, **WRAPPED["nafnet_hooks"][1]}
+    with pytest.raises(
+        ValueError, match=r"teacher_mode: aligned .* network_g.entangle_at .* teacher_mode: independent"
+    ):
+        ERLModel(opt)
