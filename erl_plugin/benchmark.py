@@ -1,30 +1,70 @@
-"""What ERL-Net costs over its MEMD backbone, and how fast the data path feeds training.
+"""How fast ERL-Net trains and derains, what it costs over MEMD, and whether the data path keeps up.
 
-The MEMD step is BasicSR's ``SRModel`` training a plain MEMD; each ERL stage is ``ERLModel``
-running that stage's ``optimize_parameters`` on the same batch. Times are medians over repeats
-after warm-up, measured in one process so that the ratios compare like with like. Targets (from
-the design): a stage II or III step at most 1.35x a MEMD step; ERL-Net inference at most 1.6x MEMD.
-:func:`loader_benchmark` measures training patches per second from image folders and from LMDB.
+:func:`run_benchmark` measures, in one process so that ratios compare like with like:
+
+- training images/s of every MA_D stage (teacher, stage1-3; MLGD, ``inject: decoder``) and of MEMD,
+  in fp32 and in a fast setting (``train.amp`` + ``channels_last``, optionally ``compile``);
+- our model classes against BasicSR's ``SRModel`` on the same MEMD in fp32 (DerainModel training
+  MEMD, and ERLModel's stage1, which computes what MEMD computes), timed interleaved step by step so
+  that the machine's drift hits both alike;
+- inference milliseconds per image and per megapixel of MEMD and ERL-Net, at given sizes and batches;
+- peak memory (CUDA: the allocator's peak per measurement; CPU: the process's peak RSS), parameters
+  and FLOPs (MACs, :func:`~erl_plugin.archs.complexity.complexity`);
+- DataLoader patches/s (:func:`loader_benchmark`) against the fastest training step's consumption.
+
+Times are medians over repeats after warm-up. Targets: the ERL-Net issue's (stage II or III step at
+most 1.35x a MEMD step, inference at most 1.6x MEMD), and on a GPU the speed issue's (fast setting at
+least 1.5x fp32 imgs/s at 320x320 batch 16, ERL-Net at most 5 ms per 320x320 image at batch 1,
+loader at least 2x consumption with 8 workers); our model class adds at most 5% over SRModel.
 """
 
 import copy
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from basicsr.models.sr_model import SRModel
+from torch import nn
 
 from erl_plugin.archs import MEMD, ERLNet
 from erl_plugin.archs.complexity import complexity
-from erl_plugin.models.erl_model import ERLModel
+from erl_plugin.models import DerainModel, ERLModel
+from erl_plugin.speed import autocast, memory_format, prepare_network, resolve_precision
 
 STEP_TARGET = 1.35
 INFERENCE_TARGET = 1.6
+OVERHEAD_TARGET = 1.05
+AMP_SPEEDUP_TARGET = 1.5
+LATENCY_TARGET_MS = 5.0
+LOADER_TARGET = 2.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of running the networks: autocast precision, memory order, compile arguments."""
+
+    name: str
+    amp: str = "none"
+    channels_last: bool = False
+    compile: dict[str, Any] | None = None
+
+
+def fast_setting(amp: str = "bf16", channels_last: bool = True, compile: dict[str, Any] | None = None) -> Setting:
+    """The setting compared with fp32, named after what it turns on (``bf16 + channels_last``)."""
+    parts = [amp] if amp not in ("none", "fp32") else ["fp32"]
+    parts += ["channels_last"] * channels_last + ["compile"] * (compile is not None)
+    return Setting(" + ".join(parts), amp, channels_last, compile)
+
+
+FP32 = Setting("fp32")
 
 
 def device_name(device: torch.device) -> str:
@@ -34,28 +74,47 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(run: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def _median_seconds(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_time_once(run, device) for _ in range(repeats))
 
 
-def _model_options(backbone: dict[str, Any], folder: str, device: torch.device, erl: bool) -> dict[str, Any]:
+@contextmanager
+def _peak_memory(device: torch.device, record: dict[str, Any]) -> Iterator[None]:
+    """Record the peak memory of the block in MiB: CUDA allocator peak, or the process's peak RSS."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield
+    if device.type == "cuda":
+        record["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # Linux reports KiB; the high-water mark of the whole process so far
+        record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _model_options(
+    backbone: dict[str, Any], folder: str, device: torch.device, model_type: str, setting: Setting
+) -> dict[str, Any]:
     train: dict[str, Any] = {
         "optim_g": {"type": "Adam", "lr": 1e-4},
         "scheduler": {"type": "MultiStepLR", "milestones": [10**9], "gamma": 0.5},
         "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0},
+        "amp": setting.amp,
     }
-    if erl:
+    if model_type == "ERLModel":
         train.update(
             strategy="MA_D",
             stage_iters=[1, 1, 1, 1],
@@ -69,83 +128,341 @@ def _model_options(backbone: dict[str, Any], folder: str, device: torch.device, 
         "num_gpu": 1 if device.type == "cuda" else 0,
         "rank": 0,
         "world_size": 1,
-        "network_g": {"type": "ERLNet", "backbone": backbone} if erl else dict(backbone),
+        "network_g": {"type": "ERLNet", "backbone": backbone} if model_type == "ERLModel" else dict(backbone),
         "path": {"models": folder, "training_states": folder},
         "train": train,
+        "channels_last": setting.channels_last,
+        "compile": setting.compile,
     }
+
+
+def _stepper(model: Any, data: dict[str, torch.Tensor]) -> Callable[[], None]:
+    model.feed_data(data)
+    return lambda: model.optimize_parameters(1)
+
+
+def _erl_stages(model: ERLModel, data: dict[str, torch.Tensor]) -> Iterator[tuple[str, Callable[[], None]]]:
+    for index, stage in enumerate(model.stages):
+        model._enter_stage(index)
+        yield stage.name, _stepper(model, data)
+
+
+def train_benchmark(
+    backbone: dict[str, Any],
+    batch: int,
+    patch: int,
+    setting: Setting,
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Seconds per training step, images/s and peak memory of MEMD and each MA_D stage in ``setting``.
+
+    Rows: ``MEMD (SRModel)`` (fp32 only: SRModel has no speed options), ``MEMD (DerainModel)``, and
+    ERLModel's ``teacher``, ``stage1``, ``stage2``, ``stage3``.
+    """
+    torch.manual_seed(0)
+    data = {key: torch.rand(batch, 3, patch, patch) for key in ("lq", "gt")}
+    rows: dict[str, dict[str, float]] = {}
+
+    def measure(name: str, step: Callable[[], None]) -> None:
+        record: dict[str, float] = {}
+        with _peak_memory(device, record):
+            seconds = _median_seconds(step, repeats, warmup, device)
+        rows[name] = {"step_s": seconds, "imgs_per_s": batch / seconds, **record}
+
+    with tempfile.TemporaryDirectory() as folder:
+        if setting == FP32:
+            measure(
+                "MEMD (SRModel)", _stepper(SRModel(_model_options(backbone, folder, device, "SRModel", FP32)), data)
+            )
+        derain = DerainModel(_model_options(backbone, folder, device, "DerainModel", setting))
+        measure("MEMD (DerainModel)", _stepper(derain, data))
+        del derain
+        erl = ERLModel(_model_options(backbone, folder, device, "ERLModel", setting))
+        for name, step in _erl_stages(erl, data):
+            measure(name, step)
+    return rows
+
+
+def overhead_benchmark(
+    backbone: dict[str, Any], batch: int, patch: int, device: torch.device, repeats: int = 15, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Our model classes against SRModel on the same MEMD and batch in fp32, timed step by step in turn.
+
+    Each repeat times one step of each model, in an order that rotates from repeat to repeat.
+
+    Returns:
+        Per comparison (``DerainModel`` and ``ERLModel stage1``): our and SRModel's median seconds
+        per step and their ratio.
+    """
+    torch.manual_seed(0)
+    data = {key: torch.rand(batch, 3, patch, patch) for key in ("lq", "gt")}
+    with tempfile.TemporaryDirectory() as folder:
+        steps = {
+            "SRModel": _stepper(SRModel(_model_options(backbone, folder, device, "SRModel", FP32)), data),
+            "DerainModel": _stepper(DerainModel(_model_options(backbone, folder, device, "DerainModel", FP32)), data),
+        }
+        erl = ERLModel(_model_options(backbone, folder, device, "ERLModel", FP32))
+        erl._enter_stage([stage.name for stage in erl.stages].index("stage1"))
+        steps["ERLModel stage1"] = _stepper(erl, data)
+        for step in steps.values():
+            for _ in range(warmup):
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        names = list(steps)
+        for repeat in range(repeats):  # rotate the order, so that no class always runs first
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                times[name].append(_time_once(steps[name], device))
+    reference = statistics.median(times["SRModel"])
+    return {
+        name: {
+            "ours_s": statistics.median(times[name]),
+            "srmodel_s": reference,
+            "ratio": statistics.median(times[name]) / reference,
+        }
+        for name in ("DerainModel", "ERLModel stage1")
+    }
+
+
+def inference_benchmark(
+    backbone: dict[str, Any],
+    sizes: Sequence[tuple[int, int]],
+    batches: Sequence[int],
+    settings: Sequence[Setting],
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 2,
+) -> list[dict[str, Any]]:
+    """Milliseconds per image and per megapixel of MEMD and ERL-Net (eval, inference mode).
+
+    Args:
+        sizes: ``(width, height)`` of the images.
+        batches: Batch sizes.
+
+    Returns:
+        One row per setting, model, size and batch.
+    """
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in backbone.items() if k != "type"}
+    nets = {"MEMD": MEMD(**kwargs).eval(), "ERL-Net": ERLNet(copy.deepcopy(backbone)).eval()}
+    rows = []
+    for setting in settings:
+        dtype = resolve_precision(setting.amp, device, "amp")
+        for model, net in nets.items():
+            prepared = prepare_network(copy.deepcopy(net), device, setting.channels_last, setting.compile)
+            for width, height in sizes:
+                for batch in batches:
+                    x = memory_format(torch.rand(batch, 3, height, width, device=device), setting.channels_last)
+
+                    def run(net: nn.Module = prepared, x: torch.Tensor = x, dtype: torch.dtype | None = dtype) -> None:
+                        with torch.inference_mode(), autocast(device, dtype):
+                            net(x)
+
+                    record: dict[str, Any] = {}
+                    with _peak_memory(device, record):
+                        seconds = _median_seconds(run, repeats, warmup, device)
+                    ms_per_image = seconds * 1e3 / batch
+                    rows.append(
+                        {
+                            "setting": setting.name,
+                            "model": model,
+                            "width": width,
+                            "height": height,
+                            "batch": batch,
+                            "ms_per_image": ms_per_image,
+                            "ms_per_megapixel": ms_per_image / (width * height / 1e6),
+                            **record,
+                        }
+                    )
+    return rows
 
 
 def run_benchmark(
-    backbone: dict[str, Any], batch: int, patch: int, repeats: int = 5, warmup: int = 2, device: str = "cpu"
+    backbone: dict[str, Any],
+    batch: int,
+    patch: int,
+    *,
+    fast: Setting | None = None,
+    sizes: Sequence[tuple[int, int]] = ((320, 320), (481, 321)),
+    infer_batches: Sequence[int] = (1, 16),
+    parts: Sequence[str] = ("train", "overhead", "inference", "loader"),
+    loader_workers: Sequence[int] = (0, 2, 8),
+    loader_images: int = 24,
+    repeats: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Measure MEMD and ERL-Net (MA_D, MLGD, inject decoder) on one device.
+    """Every measurement of the module docstring on one device; returns a JSON-ready dict.
 
-    Returns:
-        A JSON-ready dict: the settings, the device, seconds per training step for MEMD and each
-        ERL stage, seconds per inference (batch 1), parameters, FLOPs, and the ratios to MEMD.
+    Args:
+        backbone: MEMD options, ``{type: MEMD, num_feat: ...}``.
+        batch, patch: Training batch size and square crop side (also the loader's).
+        fast: The setting compared with fp32; default bf16 + channels_last.
+        sizes, infer_batches: Inference image sizes ``(width, height)`` and batch sizes.
+        parts: Any of ``train``, ``overhead``, ``inference``, ``loader``.
+        loader_workers, loader_images: DataLoader worker counts and the number of image pairs.
+        repeats, warmup: Timed and untimed runs per measurement.
+        device: ``cpu`` or ``cuda[:N]``.
     """
     dev = torch.device(device)
-    torch.manual_seed(0)
-    data = {"lq": torch.rand(batch, 3, patch, patch), "gt": torch.rand(batch, 3, patch, patch)}
-    steps: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        memd_model = SRModel(_model_options(backbone, folder, dev, erl=False))
-        memd_model.feed_data(data)
-        steps["MEMD"] = _median_seconds(lambda: memd_model.optimize_parameters(1), repeats, warmup, dev)
-        erl_model = ERLModel(_model_options(backbone, folder, dev, erl=True))
-        for index, stage in enumerate(erl_model.stages):
-            erl_model._enter_stage(index)
-            erl_model.feed_data(data)
-            steps[stage.name] = _median_seconds(lambda: erl_model.optimize_parameters(1), repeats, warmup, dev)
-    kwargs = {k: v for k, v in backbone.items() if k != "type"}
-    memd = MEMD(**kwargs).to(dev).eval()
-    erl = ERLNet(copy.deepcopy(backbone)).to(dev).eval()
-    image = torch.rand(1, 3, patch, patch, device=dev)
-    with torch.no_grad():
-        inference = {
-            "MEMD": _median_seconds(lambda: memd(image), repeats, warmup, dev),
-            "ERL-Net": _median_seconds(lambda: erl(image), repeats, warmup, dev),
-        }
-    sizes = {
-        "MEMD": complexity(memd, (1, 3, patch, patch)),
-        "ERL-Net": complexity(erl, (1, 3, patch, patch)),
-    }
-    return {
+    fast = fast or fast_setting()
+    settings = [FP32, fast]
+    result: dict[str, Any] = {
         "device": device_name(dev),
         "torch": torch.__version__,
         "backbone": backbone,
         "batch": batch,
         "patch": patch,
         "repeats": repeats,
-        "train_step_s": steps,
-        "train_step_ratio": {name: seconds / steps["MEMD"] for name, seconds in steps.items()},
-        "inference_s": inference,
-        "inference_ratio": inference["ERL-Net"] / inference["MEMD"],
-        "params": {name: size["params"] for name, size in sizes.items()},
-        "flops": {name: size["flops"] for name, size in sizes.items()},
+        "settings": [asdict(setting) for setting in settings],
     }
+    kwargs = {k: v for k, v in backbone.items() if k != "type"}
+    result["complexity"] = {
+        "MEMD": complexity(MEMD(**kwargs), (1, 3, 320, 320)),
+        "ERL-Net": complexity(ERLNet(copy.deepcopy(backbone)), (1, 3, 320, 320)),
+    }
+    if "train" in parts:
+        result["train"] = {
+            setting.name: train_benchmark(backbone, batch, patch, setting, dev, repeats, warmup) for setting in settings
+        }
+    if "overhead" in parts:
+        result["overhead"] = overhead_benchmark(backbone, batch, patch, dev, repeats=max(3 * repeats, 9))
+    if "inference" in parts:
+        result["inference"] = inference_benchmark(backbone, sizes, infer_batches, settings, dev, repeats, warmup)
+    if "loader" in parts:
+        result["loader"] = loader_benchmark(
+            patch=patch, workers=tuple(loader_workers), images=loader_images, batch=batch
+        )
+        if "train" in parts:
+            name, rate = max(
+                (
+                    (f"{setting} {stage}", row["imgs_per_s"])
+                    for setting, rows in result["train"].items()
+                    for stage, row in rows.items()
+                ),
+                key=lambda item: item[1],
+            )
+            result["loader"]["consumption"] = {"step": name, "imgs_per_s": rate}
+    return result
+
+
+def _verdict(value: float, target: float, at_most: bool) -> str:
+    met = value <= target if at_most else value >= target
+    return "met" if met else "missed"
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The result as Markdown tables, naming the device, torch and the settings."""
+    settings = [setting["name"] for setting in result["settings"]]
+    fp32, fast = settings
     lines = [
-        f"Device: {result['device']}; torch {result['torch']}; batch {result['batch']}, "
-        f"{result['patch']}x{result['patch']} patches; median of {result['repeats']} after warm-up; "
-        f"backbone {result['backbone']}.",
-        "",
-        "| training step | ms | x MEMD | target |",
-        "| --- | --- | --- | --- |",
+        f"Device: {result['device']}; torch {result['torch']}; backbone {result['backbone']}; training batch "
+        f"{result['batch']} of {result['patch']}x{result['patch']} crops; median of {result['repeats']} after "
+        f"warm-up; settings: {fp32} and {fast}. Peak MiB: on CUDA the allocator's peak during each "
+        "measurement; on the CPU the process's peak resident memory so far (it only grows).",
     ]
-    for name, seconds in result["train_step_s"].items():
-        target = f"<= {STEP_TARGET}" if name in ("stage2", "stage3") else ""
-        lines.append(f"| {name} | {seconds * 1e3:.1f} | {result['train_step_ratio'][name]:.2f} | {target} |")
-    lines += ["", "| inference (batch 1) | ms | params | GFLOPs (MACs) |", "| --- | --- | --- | --- |"]
-    for name, seconds in result["inference_s"].items():
-        lines.append(
-            f"| {name} | {seconds * 1e3:.1f} | {result['params'][name]:,} | {result['flops'][name] / 1e9:.2f} |"
-        )
-    lines += ["", f"ERL-Net / MEMD inference: {result['inference_ratio']:.2f}x (target <= {INFERENCE_TARGET})."]
+    if "train" in result:
+        train = result["train"]
+        lines += [
+            "",
+            f"| training step | {fp32} ms | {fp32} imgs/s | {fast} ms | {fast} imgs/s | speed-up | "
+            f"x MEMD ({fp32}) | peak MiB ({fp32} / {fast}) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        memd = train[fp32]["MEMD (SRModel)"]["step_s"]
+        for name, row in train[fp32].items():
+            other = train[fast].get(name)
+            speed = f"{other['imgs_per_s'] / row['imgs_per_s']:.2f}x" if other else ""
+            target = f" (<= {STEP_TARGET})" if name in ("stage2", "stage3") else ""
+            lines.append(
+                f"| {name} | {row['step_s'] * 1e3:.1f} | {row['imgs_per_s']:.1f} | "
+                + (f"{other['step_s'] * 1e3:.1f} | {other['imgs_per_s']:.1f} | " if other else "n/a | n/a | ")
+                + f"{speed} | {row['step_s'] / memd:.2f}{target} | {row['peak_mib']:.0f} / "
+                + (f"{other['peak_mib']:.0f} |" if other else "n/a |")
+            )
+    if "overhead" in result:
+        lines += [
+            "",
+            f"| our class vs SRModel, MEMD, {fp32}, interleaved | ours ms | SRModel ms | ratio (target <= "
+            f"{OVERHEAD_TARGET}) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, row in result["overhead"].items():
+            lines.append(
+                f"| {name} | {row['ours_s'] * 1e3:.1f} | {row['srmodel_s'] * 1e3:.1f} | {row['ratio']:.3f} "
+                f"({_verdict(row['ratio'], OVERHEAD_TARGET, True)}) |"
+            )
+    if "inference" in result:
+        rows = result["inference"]
+        lines += [
+            "",
+            "| inference | size (WxH) | batch | setting | ms/image | ms/megapixel | peak MiB | ERL-Net / MEMD |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        by_key = {(r["setting"], r["model"], r["width"], r["height"], r["batch"]): r for r in rows}
+        for r in rows:
+            ratio = ""
+            if r["model"] == "ERL-Net":
+                memd = by_key[(r["setting"], "MEMD", r["width"], r["height"], r["batch"])]["ms_per_image"]
+                ratio = f"{r['ms_per_image'] / memd:.2f} (<= {INFERENCE_TARGET})"
+            lines.append(
+                f"| {r['model']} | {r['width']}x{r['height']} | {r['batch']} | {r['setting']} | "
+                f"{r['ms_per_image']:.2f} | {r['ms_per_megapixel']:.1f} | {r['peak_mib']:.0f} | {ratio} |"
+            )
+    sizes = result["complexity"]
+    lines += ["", "| network | params | GFLOPs (MACs) at 1x3x320x320 |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {size['params']:,} | {size['flops'] / 1e9:.2f} |" for name, size in sizes.items()]
+    if "loader" in result:
+        lines += ["", loader_markdown(result["loader"], "the host CPU")]
+    lines += ["", *target_lines(result)]
     return "\n".join(lines)
+
+
+def target_lines(result: dict[str, Any]) -> list[str]:
+    """One line per target: the measured value, the target, met or missed (GPU targets say so)."""
+    fp32, fast = (setting["name"] for setting in result["settings"])
+    gpu = "" if "CPU" not in result["device"] else " (a GPU target; measured on the CPU)"
+    lines = ["Targets:"]
+    if "train" in result:
+        train = result["train"]
+        memd = train[fp32]["MEMD (SRModel)"]["step_s"]
+        for stage in ("stage2", "stage3"):
+            ratio = train[fp32][stage]["step_s"] / memd
+            lines.append(
+                f"- {stage} step / MEMD step ({fp32}): {ratio:.2f}, target <= {STEP_TARGET}: "
+                f"{_verdict(ratio, STEP_TARGET, True)}"
+            )
+        for name in ("MEMD (DerainModel)", "stage1", "stage2", "stage3"):
+            speedup = train[fast][name]["imgs_per_s"] / train[fp32][name]["imgs_per_s"]
+            lines.append(
+                f"- {name} imgs/s, {fast} / {fp32}: {speedup:.2f}x, target >= {AMP_SPEEDUP_TARGET}x at "
+                f"320x320 batch 16{gpu}: {_verdict(speedup, AMP_SPEEDUP_TARGET, False)}"
+            )
+    if "overhead" in result:
+        for name, row in result["overhead"].items():
+            lines.append(
+                f"- {name} / SRModel step on MEMD ({fp32}): {row['ratio']:.3f}, target <= "
+                f"{OVERHEAD_TARGET}: {_verdict(row['ratio'], OVERHEAD_TARGET, True)}"
+            )
+    if "inference" in result:
+        for r in result["inference"]:
+            if r["model"] == "ERL-Net" and (r["width"], r["height"], r["batch"]) == (320, 320, 1):
+                lines.append(
+                    f"- ERL-Net 320x320 batch 1, {r['setting']}: {r['ms_per_image']:.2f} ms, target <= "
+                    f"{LATENCY_TARGET_MS} ms{gpu}: {_verdict(r['ms_per_image'], LATENCY_TARGET_MS, True)}"
+                )
+    consumption = (result.get("loader") or {}).get("consumption")
+    if consumption:
+        for name, rate in result["loader"]["patches_per_s"].items():
+            if name.startswith("lmdb"):
+                ratio = rate / consumption["imgs_per_s"]
+                lines.append(
+                    f"- loader {name} / training consumption ({consumption['step']}, "
+                    f"{consumption['imgs_per_s']:.1f} imgs/s): {ratio:.2f}x, target >= {LOADER_TARGET}x "
+                    f"with 8 workers{gpu}: {_verdict(ratio, LOADER_TARGET, False)}"
+                )
+    return lines
 
 
 def loader_benchmark(
@@ -155,8 +472,8 @@ def loader_benchmark(
 
     Writes ``images`` random PNG pairs of 1.5x ``patch`` into a temporary folder, converts them with
     :func:`erl_plugin.data.convert.convert_dataset`, and times ``batches`` batches of
-    :class:`~erl_plugin.data.DerainPairedDataset` random crops (after one warm-up epoch start)
-    for each backend and worker count.
+    :class:`~erl_plugin.data.DerainPairedDataset` random crops (after one warm-up batch) for each
+    backend and worker count, with persistent workers.
     """
     import cv2
     import numpy as np
@@ -187,7 +504,12 @@ def loader_benchmark(
         for backend, root in roots.items():
             dataset = DerainPairedDataset({**root, "phase": "train", "gt_size": patch})
             for count in workers:
-                options = {"phase": "train", "batch_size_per_gpu": batch, "num_worker_per_gpu": count}
+                options = {
+                    "phase": "train",
+                    "batch_size_per_gpu": batch,
+                    "num_worker_per_gpu": count,
+                    "persistent_workers": count > 0,  # else workers restart at every pass over the images
+                }
                 loader = build_dataloader(dataset, options, num_gpu=0, dist=False, sampler=None, seed=0)
                 stream = iter(_endless(loader))
                 next(stream)

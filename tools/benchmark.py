@@ -1,12 +1,13 @@
-"""Time ERL-Net against its MEMD backbone, and the DataLoader from image folders and from LMDB.
+"""Time ERL-Net and MEMD: training per stage in fp32 and AMP, inference, overhead, and the DataLoader.
 
-A benchmark, not a test: run it on an idle machine and compare the ratios, which one run measures
-under the same conditions.
+A benchmark, not a test: run it on an idle machine. Ratios compare runs made in one process under
+the same conditions. Writes Markdown to stdout (and --markdown) and JSON to --json.
 
-Example:
-    python tools/benchmark.py --batch 4 --patch 128 --json results/benchmark.json
-    python tools/benchmark.py --num-feat 32 --num-dense-layers 4 --growth-rate 32 --patch 320 --device cuda
-    python tools/benchmark.py --parts loader --patch 320
+Example (the defaults are the GPU settings: flagship MEMD, 320x320 crops, batch 16):
+    python tools/benchmark.py --device cuda --json results/benchmark_gpu.json --markdown results/benchmark_gpu.md
+    python tools/benchmark.py --device cpu --num-feat 16 --num-dense-layers 3 --growth-rate 16 --batch 4 \\
+        --patch 128 --infer-batches 1 4 --workers 0 2 --repeats 3 --json results/benchmark_cpu.json
+    python tools/benchmark.py --parts loader --patch 320 --batch 16 --workers 0 2 8
 """
 
 import argparse
@@ -14,46 +15,79 @@ import json
 import os
 import sys
 
-import torch
+from erl_plugin.benchmark import fast_setting, markdown, run_benchmark
+from erl_plugin.speed import check_compile, check_precision
 
-from erl_plugin.benchmark import device_name, loader_benchmark, loader_markdown, markdown, run_benchmark
+
+def size(text: str) -> tuple[int, int]:
+    """``WxH`` as ``(width, height)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 481x321") from None
+    return width, height
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-feat", type=int, default=16, help="MEMD width (the flagship uses 32)")
-    parser.add_argument("--num-dense-layers", type=int, default=3, help="MEMD dense block depth (flagship: 4)")
-    parser.add_argument("--growth-rate", type=int, default=16, help="MEMD growth rate (flagship: 32)")
-    parser.add_argument("--batch", type=int, default=4, help="training batch size")
-    parser.add_argument("--patch", type=int, default=128, help="square patch side, pixels")
+    parser.add_argument("--num-feat", type=int, default=32, help="MEMD width (default: 32, the flagship)")
+    parser.add_argument("--num-dense-layers", type=int, default=4, help="MEMD dense block depth (default: 4)")
+    parser.add_argument("--growth-rate", type=int, default=32, help="MEMD growth rate (default: 32)")
+    parser.add_argument("--batch", type=int, default=16, help="training (and loader) batch size (default: 16)")
+    parser.add_argument("--patch", type=int, default=320, help="square training crop side (default: 320)")
+    parser.add_argument("--sizes", type=size, nargs="+", default=[(320, 320), (481, 321)], help="inference sizes WxH")
+    parser.add_argument("--infer-batches", type=int, nargs="+", default=[1, 16], help="inference batch sizes")
+    parser.add_argument("--amp", default="bf16", help="the fast setting's precision: bf16, fp16 (CUDA) or none")
+    parser.add_argument("--no-channels-last", action="store_true", help="the fast setting without channels_last")
+    parser.add_argument("--compile", action="store_true", help="the fast setting also torch.compiles (inductor)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 8], help="DataLoader worker counts")
+    parser.add_argument("--loader-images", type=int, default=24, help="image pairs the loader reads")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before the timed ones")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["model", "loader"],
-        default=["model", "loader"],
-        help="model: training steps and inference; loader: DataLoader patches/s (folder and LMDB, 0 and 2 workers)",
+        choices=["train", "overhead", "inference", "loader"],
+        default=["train", "overhead", "inference", "loader"],
+        help="what to measure (default: everything)",
     )
+    parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--markdown", help="also write the Markdown tables here")
     args = parser.parse_args()
+    try:
+        check_precision(args.amp, "--amp")
+    except ValueError as error:
+        parser.error(str(error))
     backbone = {
         "type": "MEMD",
         "num_feat": args.num_feat,
         "num_dense_layers": args.num_dense_layers,
         "growth_rate": args.growth_rate,
     }
-    result = {}
-    if "model" in args.parts:
-        result["model"] = run_benchmark(backbone, args.batch, args.patch, repeats=args.repeats, device=args.device)
-        print(markdown(result["model"]))
-    if "loader" in args.parts:
-        result["loader"] = loader_benchmark(patch=args.patch)
-        print(loader_markdown(result["loader"], device_name(torch.device("cpu"))))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    fast = fast_setting(args.amp, not args.no_channels_last, check_compile(args.compile))
+    result = run_benchmark(
+        backbone,
+        args.batch,
+        args.patch,
+        fast=fast,
+        sizes=args.sizes,
+        infer_batches=args.infer_batches,
+        parts=args.parts,
+        loader_workers=args.workers,
+        loader_images=args.loader_images,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+    )
+    result["command"] = " ".join(["python", "tools/benchmark.py", *sys.argv[1:]])
+    table = f"Command: `{result['command']}`\n\n{markdown(result)}"
+    print(table)
+    for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, table)):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
     return 0
 
 
