@@ -33,7 +33,7 @@ import torch.distributed as dist
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import check_resume, get_root_logger
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from torch.utils.data import Dataset
 
 from erl_plugin.checkpoint import (
@@ -146,8 +146,10 @@ class ResumableSampler(EnlargedSampler):
         self.batch_size = batch_size
         self.batches_per_epoch = self.num_samples // batch_size
         self.iter_offset = 0
-        self._skip_batches = 0
-        self._rng: dict[str, Any] | None = None
+        # Where a resumed run continues: (epoch, batches to skip, RNG states), armed by set_epoch(epoch) so
+        # that only the epoch's own iterator uses it (BasicSR's prefetcher makes one more, at start-up).
+        self._resume_at: tuple[int, int, dict[str, Any] | None] | None = None
+        self._armed: tuple[int, dict[str, Any] | None] | None = None
 
     def layout(self) -> dict[str, int]:
         """What fixes the data order: dataset length, processes, batch size, batches per epoch."""
@@ -163,30 +165,36 @@ class ResumableSampler(EnlargedSampler):
         batch = current_iter - self.iter_offset - epoch * self.batches_per_epoch
         return {"epoch": epoch, "batch": batch, "iter_offset": self.iter_offset, **self.layout()}
 
-    def resume(self, state: Mapping[str, Any]) -> str | None:
-        """Continue the run of ``state`` at its next batch; return a warning when that cannot be exact."""
+    def resume(self, state: Mapping[str, Any]) -> tuple[bool, str]:
+        """Continue the run of ``state`` at its next batch; return whether that is exact, and how."""
         data, states = state.get("data"), state.get("rng")
         epoch, current_iter = state["epoch"], state["iter"]
-        if states is not None and len(states) == self.num_replicas:
-            self._rng = states[self.rank]
+        rng = states[self.rank] if states is not None and len(states) == self.num_replicas else None
         if data is not None and {k: data.get(k) for k in self.layout()} == self.layout():
             batch = current_iter - data["iter_offset"] - epoch * self.batches_per_epoch
-            if batch == data["batch"] and 0 <= batch <= self.batches_per_epoch and self._rng is not None:
-                self.iter_offset, self._skip_batches = data["iter_offset"], batch
-                return None
+            if batch == data["batch"] and 0 <= batch <= self.batches_per_epoch and rng is not None:
+                self.iter_offset = data["iter_offset"]
+                self._resume_at = (epoch, batch, rng)
+                return True, f"epoch {epoch} continues after its batch {batch} with the interrupted run's RNG states"
         self.iter_offset = current_iter - epoch * self.batches_per_epoch
+        self._resume_at = (epoch, 0, rng)
         recorded = {k: data.get(k) for k in self.layout()} if data else "not recorded"
-        return (
+        return False, (
             f"the data layout differs from the interrupted run's (now {self.layout()}, then {recorded}) or its "
             f"RNG states are missing: epoch {epoch} restarts from its first batch and the run will not "
             "repeat the uninterrupted one exactly"
         )
 
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            self._armed, self._resume_at = self._resume_at[1:], None
+
     def __iter__(self):  # a generator: its body, the RNG restore included, runs at the first batch
-        skip, self._skip_batches = self._skip_batches * self.batch_size, 0
-        rng, self._rng = self._rng, None
-        if rng is not None:
-            restore_rng(rng)
+        armed, self._armed = self._armed, None
+        skip = armed[0] * self.batch_size if armed else 0
+        if armed and armed[1] is not None:
+            restore_rng(armed[1])
         for position, index in enumerate(super().__iter__()):
             if position >= skip:
                 yield SeededIndex(index, sample_seed(self.seed, self.epoch, position * self.num_replicas + self.rank))
@@ -246,14 +254,8 @@ def create_train_val_dataloader(opt: dict[str, Any], logger: Any) -> tuple:
             raise ValueError(f"datasets.{phase}: phase not recognised (train, val, val_<n>)")
     _train_sampler = train_sampler
     if _pending_state is not None and train_sampler is not None:
-        warning = train_sampler.resume(_pending_state)
-        if warning:
-            logger.warning(f"Resume from iteration {_pending_state['iter']}: {warning}")
-        else:
-            logger.info(
-                f"Resume from iteration {_pending_state['iter']}: epoch {_pending_state['epoch']} continues at batch "
-                f"{train_sampler._skip_batches + 1} with the interrupted run's RNG states"
-            )
+        exact, how = train_sampler.resume(_pending_state)
+        (logger.info if exact else logger.warning)(f"Resume from iteration {_pending_state['iter']}: {how}")
     if train_sampler is not None:
         total_epochs = math.ceil(max(total_iters - train_sampler.iter_offset, 0) / train_sampler.batches_per_epoch)
     _pending_state = None
@@ -344,10 +346,31 @@ def _warn(opt: Mapping[str, Any], message: str) -> None:
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
+def _check_networks_fit(opt: Mapping[str, Any], state: Mapping[str, Any], path: str) -> None:
+    ignored = opt["path"].get("ignore_resume_networks") or []
+    for key in opt:
+        if not key.startswith("network_") or key in ignored:
+            continue
+        section = copy.deepcopy(dict(opt[key]))
+        net = ARCH_REGISTRY.get(section.pop("type"))(**section)
+        network = os.path.join(opt["path"]["models"], f"net_{key.removeprefix('network_')}_{state['iter']}.pth")
+        params = safe_load(network, "network")
+        params = params.get("params", params) if isinstance(params, dict) else params
+        try:
+            net.load_state_dict({k.removeprefix("module."): v for k, v in params.items()})
+        except (RuntimeError, ValueError, AttributeError) as error:
+            raise ResumeError(
+                f"{path}: {network} does not fit {key} ({opt[key]['type']}): {error}; resume with the options "
+                "that wrote it, or train under a new name"
+            ) from None
+
+
 def check_compatible(opt: Mapping[str, Any], state: Mapping[str, Any], path: str) -> None:
     """Refuse a state written by other options: other model type or networks, or the model's own check."""
     recorded = state.get("options")
-    if recorded is not None:
+    if recorded is None:  # a state from before fingerprints: the networks must at least fit
+        _check_networks_fit(opt, state, path)
+    else:
         current = options_fingerprint(opt)
         for key in sorted(set(recorded) | set(current)):
             if recorded.get(key) != current.get(key):
