@@ -311,5 +311,8 @@ def _stage_plan(stages: list[Stage]) -> list[dict[str, Any]]:
     return [{"name": s.name, "train": list(s.train), "losses": list(s.losses)} for s in stages]
 
 
-def _describe(plan: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{s['name']} ({'+'.join(s['train'])}; {'+'.join(s['losses'])})" for s in plan)
+def _describe(plan: list[Any]) -> str:
+    """Stages as ``name (branches; losses)``; older states recorded names only."""
+    return ", ".join(
+        f"{s['name']} ({'+'.join(s['train'])}; {'+'.join(s['losses'])})" if isinstance(s, dict) else str(s) for s in plan
+    )
