@@ -314,5 +314,6 @@ def _stage_plan(stages: list[Stage]) -> list[dict[str, Any]]:
 def _describe(plan: list[Any]) -> str:
     """Stages as ``name (branches; losses)``; older states recorded names only."""
     return ", ".join(
-        f"{s['name']} ({'+'.join(s['train'])}; {'+'.join(s['losses'])})" if isinstance(s, dict) else str(s) for s in plan
+        f"{s['name']} ({'+'.join(s['train'])}; {'+'.join(s['losses'])})" if isinstance(s, dict) else str(s)
+        for s in plan
     )
