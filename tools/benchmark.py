@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+import torch
+
 from erl_plugin.benchmark import fast_setting, markdown, run_benchmark
 from erl_plugin.speed import check_compile, check_precision
 
@@ -46,6 +48,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before the timed ones")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
+        "--threads", type=int, help="CPU threads for torch (default: torch's); 1 is steadier on a shared machine"
+    )
+    parser.add_argument(
         "--parts",
         nargs="+",
         choices=["train", "overhead", "inference", "loader"],
@@ -59,6 +64,8 @@ def main() -> int:
         check_precision(args.amp, "--amp")
     except ValueError as error:
         parser.error(str(error))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     backbone = {
         "type": "MEMD",
         "num_feat": args.num_feat,
