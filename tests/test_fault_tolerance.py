@@ -23,6 +23,7 @@ from conftest import free_port, run_python, tiny_options, write_options
 
 from erl_plugin.archs import MEMD, ERLNet
 from erl_plugin.checkpoint import CheckpointError, atomic_save, prune_checkpoints, safe_load
+from erl_plugin.options import OptionsError, validate_options
 
 BASICSR_TRAIN = Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py"
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -437,3 +438,13 @@ def test_no_unsafe_loading_or_code_execution_in_the_plugin() -> None:
         for call in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
             assert "weights_only=True" in call.group(0), f"{path}: {call.group(0)}"
         assert not re.search(r"(?<![\w.])(exec|eval)\(", text), f"{path} calls exec or eval"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"), [("logger", "keep_last", 0), ("train", "max_consecutive_nonfinite", "5")]
+)
+def test_fault_options_are_checked_up_front(tiny_lmdb: dict[str, str], section: str, key: str, value: Any) -> None:
+    opt = erl_options(tiny_lmdb, "x", STAGES)
+    opt[section][key] = value
+    with pytest.raises(OptionsError, match=re.escape(f"x.yml: {section}.{key}: {value!r} must be a positive integer")):
+        validate_options(opt, "x.yml", is_train=True)
