@@ -24,7 +24,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -190,7 +190,7 @@ class ResumableSampler(EnlargedSampler):
         if self._resume_at is not None and self._resume_at[0] == epoch:
             self._armed, self._resume_at = self._resume_at[1:], None
 
-    def __iter__(self):  # a generator: its body, the RNG restore included, runs at the first batch
+    def __iter__(self) -> Iterator[SeededIndex]:  # a generator: its body, RNG restore included, runs at the first batch
         armed, self._armed = self._armed, None
         skip = armed[0] * self.batch_size if armed else 0
         if armed and armed[1] is not None:
