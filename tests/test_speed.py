@@ -19,6 +19,7 @@ from erl_plugin import speed
 from erl_plugin.archs import MEMD
 from erl_plugin.inference import derain_paths
 from erl_plugin.models import DerainModel, ERLModel
+from erl_plugin.models.nonfinite import NonFiniteLossError
 from erl_plugin.options import OptionsError, validate_options
 
 BACKBONE = {"type": "MEMD", "num_feat": 8, "num_dense_layers": 1, "growth_rate": 8}
@@ -186,3 +187,35 @@ def test_derain_paths_in_bf16_and_channels_last_on_the_cpu(tmp_path: Path) -> No
         cv2.imread(str(tmp_path / "fp32/a.png")).astype(int) - cv2.imread(str(tmp_path / "bf16/a.png")).astype(int)
     )
     assert 0 < difference.max() <= 8 and difference.mean() < 1.0  # bf16 really ran, and stays close
+
+
+def test_the_fp16_loss_scale_is_part_of_the_training_state(tmp_path: Path) -> None:
+    opt = memd_options("DerainModel")
+    opt["path"] = {"training_states": str(tmp_path), "models": str(tmp_path)}
+    writer = DerainModel(opt)
+    # A CUDA fp16 run's scaler, standing in on the CPU (fp16 autocast itself needs CUDA here).
+    writer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    writer.grad_scaler.scale(torch.ones(()))  # the scale exists from the first scaled loss on
+    writer.grad_scaler.update(2.0**7)
+    writer.save_training_state(0, 3)
+    state = torch.load(tmp_path / "3.state", weights_only=True)
+    assert state["grad_scaler"]["scale"] == 2.0**7
+    reader = DerainModel(memd_options("DerainModel"))
+    reader.grad_scaler = torch.amp.GradScaler("cpu")
+    reader.resume_training(state)
+    assert reader.grad_scaler.get_scale() == 2.0**7
+    assert "grad_scaler" not in DerainModel(memd_options("DerainModel")).training_state_extras()  # fp32: nothing
+
+
+def test_derain_model_skips_a_non_finite_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = DerainModel(memd_options("DerainModel", max_consecutive_nonfinite=2))
+    data = batch()
+    data["gt"][0, 0, 0, 0] = float("nan")
+    model.feed_data(data)
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    model.optimize_parameters(1)
+    assert all(torch.equal(before[k], v) for k, v in model.net_g.state_dict().items())
+    assert model.skips_saving(1)
+    with pytest.raises(NonFiniteLossError, match="iteration 2: 2 consecutive non-finite losses"):
+        model.optimize_parameters(2)

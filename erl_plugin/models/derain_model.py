@@ -6,10 +6,13 @@ behaves as ``SRModel``: with none of them set it computes exactly what ``SRModel
 trains any single network (``model_type: DerainModel``, e.g. MEMD); ERLModel builds on it.
 
 The forward pass runs under autocast, the losses in fp32 on the output cast back to fp32; fp16
-scales the loss with a GradScaler (bf16 needs none). Networks are converted and compiled before
-they are DDP-wrapped, in place, so checkpoints keep plain parameter names.
+scales the loss with a GradScaler (bf16 needs none), whose scale is part of the training state.
+Networks are converted and compiled before they are DDP-wrapped, in place, so checkpoints keep
+plain parameter names. A step whose loss is NaN or infinite is skipped
+(:mod:`erl_plugin.models.nonfinite`), and no checkpoint is written while steps are being skipped.
 """
 
+import os
 from collections import OrderedDict
 from contextlib import AbstractContextManager
 from functools import cached_property
@@ -21,6 +24,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
+from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
+from erl_plugin.resume import write_training_state
 from erl_plugin.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
 
 
@@ -78,6 +83,12 @@ class DerainModel(SRModel):
         if hasattr(self, "gt"):
             self.gt = memory_format(self.gt, self.channels_last)
 
+    @cached_property
+    def nonfinite_guard(self) -> NonFiniteGuard:
+        """Skips non-finite steps; stops training after ``train.max_consecutive_nonfinite`` in a row."""
+        limit = (self.opt.get("train") or {}).get("max_consecutive_nonfinite", DEFAULT_LIMIT)
+        return NonFiniteGuard(limit, distributed=self.opt["dist"])
+
     def backward_step(self, loss: Tensor) -> None:
         """Back-propagate ``loss`` and step ``optimizer_g``, through the GradScaler for fp16."""
         self.grad_scaler.scale(loss).backward()
@@ -98,8 +109,10 @@ class DerainModel(SRModel):
                 loss_dict["l_percep"] = l_percep
             if l_style is not None:
                 loss_dict["l_style"] = l_style
-        self.backward_step(sum(loss_dict.values()))
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        if not self.nonfinite_guard.check(loss_dict, f"iteration {current_iter}", get_root_logger()):
+            return
+        self.backward_step(sum(loss_dict.values()))
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
@@ -108,3 +121,34 @@ class DerainModel(SRModel):
         with autocast(self.device, self.test_dtype):
             super().test()
         self.output = self.output.float()
+
+    # -------------------------------------------------------------------------- save and resume
+    def skips_saving(self, current_iter: int) -> bool:
+        """True (and logged) while non-finite steps are being skipped: the last good checkpoint stays newest."""
+        streak = self.nonfinite_guard.streak
+        if streak:
+            get_root_logger().warning(f"Iteration {current_iter}: not saving during {streak} non-finite steps in a row")
+        return bool(streak)
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        """SRModel's save, skipped while non-finite steps are being skipped."""
+        if not self.skips_saving(current_iter):
+            super().save(epoch, current_iter)
+
+    def training_state_extras(self) -> dict[str, Any]:
+        """What this model adds to the training state of :mod:`erl_plugin.resume`: the fp16 loss scale."""
+        return {"grad_scaler": self.grad_scaler.state_dict()} if self.grad_scaler.is_enabled() else {}
+
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """The training state of :mod:`erl_plugin.resume` with :meth:`training_state_extras`."""
+        write_training_state(self, epoch, current_iter, self.training_state_extras())
+        if current_iter != -1:
+            self.nonfinite_guard.last_checkpoint = os.path.join(
+                self.opt["path"]["training_states"], f"{current_iter}.state"
+            )
+
+    def resume_training(self, resume_state: dict[str, Any]) -> None:
+        """BasicSR's resume (optimizers, schedulers), then the fp16 loss scale where it was saved."""
+        super().resume_training(resume_state)
+        if self.grad_scaler.is_enabled() and "grad_scaler" in resume_state:
+            self.grad_scaler.load_state_dict(resume_state["grad_scaler"])

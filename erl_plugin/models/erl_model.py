@@ -34,9 +34,8 @@ from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
 from erl_plugin.checkpoint import atomic_save
 from erl_plugin.models.derain_model import DerainModel
-from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
 from erl_plugin.models.stages import Stage, parse_stages
-from erl_plugin.resume import ResumeError, write_training_state
+from erl_plugin.resume import ResumeError
 from erl_plugin.speed import autocast
 
 SCHEDULERS = {
@@ -102,8 +101,6 @@ class ERLModel(DerainModel):
                 "backbone entangled through network_g.entangle_at has not as a separate call; use teacher_mode: "
                 "independent, or an adapter"
             )
-        limit = train_opt.get("max_consecutive_nonfinite", DEFAULT_LIMIT)
-        self.nonfinite_guard = NonFiniteGuard(limit, distributed=self.opt["dist"])
         self.ema_decay = train_opt.get("ema_decay", 0)
         if self.ema_decay > 0:
             self.net_g_ema = build_network(copy.deepcopy(self.opt["network_g"])).to(self.device)
@@ -226,12 +223,11 @@ class ERLModel(DerainModel):
             else:
                 self.output = self.net_g(self.lq, entangled=stage.entangled).float()
                 loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+        self.log_dict = self.reduce_loss_dict(loss_dict)
         where = f"stage {stage.name!r}, iteration {current_iter}"
         if not self.nonfinite_guard.check(loss_dict, where, get_root_logger()):
-            self.log_dict = self.reduce_loss_dict(loss_dict)
             return
         self.backward_step(sum(loss_dict.values()))
-        self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
@@ -248,10 +244,7 @@ class ERLModel(DerainModel):
     # -------------------------------------------------------------------------- save and resume
     def save(self, epoch: int, current_iter: int) -> None:
         """Networks and training state; nothing while non-finite steps are being skipped (keep the last good)."""
-        if self.nonfinite_guard.streak:
-            get_root_logger().warning(
-                f"Iteration {current_iter}: not saving during {self.nonfinite_guard.streak} non-finite steps in a row"
-            )
+        if self.skips_saving(current_iter):
             return
         if hasattr(self, "net_g_ema"):
             self.save_network([self.net_g, self.net_g_ema], "net_g", current_iter, param_key=["params", "params_ema"])
@@ -260,14 +253,9 @@ class ERLModel(DerainModel):
         self.save_network(self.net_t, "net_t", current_iter)
         self.save_training_state(epoch, current_iter)
 
-    def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """The training state of :mod:`erl_plugin.resume` plus the stage plan and the active stage."""
-        plan = _stage_plan(self.stages)
-        write_training_state(self, epoch, current_iter, {"stage": self.stage_index, "stages": plan})
-        if current_iter != -1:
-            self.nonfinite_guard.last_checkpoint = os.path.join(
-                self.opt["path"]["training_states"], f"{current_iter}.state"
-            )
+    def training_state_extras(self) -> dict[str, Any]:
+        """DerainModel's extras plus the stage plan and the active stage."""
+        return {**super().training_state_extras(), "stage": self.stage_index, "stages": _stage_plan(self.stages)}
 
     @staticmethod
     def check_resume_state(opt: dict[str, Any], state: dict[str, Any], path: str) -> None:
