@@ -171,3 +171,18 @@ def test_a_residual_whose_shape_disagrees_with_the_point_names_both_shapes() -> 
         r"\(1, 16, 4, 4\) but the residual encoder gives \(1, 8, 16, 16\) \(feature_info: 16 channels at stride 4\)",
     ):
         net(torch.rand(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("case", ["nafnet", "nafnet_hooks"])
+def test_compiled_wrapper_computes_what_the_eager_one_does(case: str) -> None:
+    backbone, extra, channels = WRAPPED[case]
+    torch.manual_seed(0)
+    net = ERLNet(backbone, entangle="mlgd", **extra)  # the hooks exist before torch.compile sees the network
+    for projection in net.projections:
+        nn.init.normal_(projection.weight, 0, 0.1)
+    x = torch.rand(2, channels, 32, 32)
+    compiled = torch.compile(net, backend="aot_eager")  # dynamo and autograd tracing, no C++ compiler needed
+    out, features = compiled(x, return_features=True)
+    assert torch.allclose(out, net(x), atol=1e-6)
+    (out.mean() + sum(f.mean() for f in features)).backward()
+    assert all(p.grad is not None for p in net.residual_encoder.parameters())
