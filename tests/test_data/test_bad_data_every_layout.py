@@ -62,7 +62,7 @@ def test_a_conversion_killed_midway_leaves_nothing_under_the_target(tmp_path: Pa
     for kind in ("input", "target"):
         (src / kind).mkdir(parents=True)
         for index in range(400):
-            cv2.imwrite(str(src / kind / f"{index:04d}.png"), rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+            cv2.imwrite(str(src / kind / f"{index:04d}.png"), rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
     dst = tmp_path / "dst"
     command = [
         sys.executable,
@@ -73,7 +73,14 @@ def test_a_conversion_killed_midway_leaves_nothing_under_the_target(tmp_path: Pa
         str(dst),
         "--no-progress",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Ctrl-C as at a terminal: a shell without job control starts background jobs with SIGINT
+    # ignored, and the child would inherit that.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("dst.tmp-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
