@@ -106,6 +106,27 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({type(error).__name__}: {error})") from None
 
 
+def load_weights(path: str, param_key: str | None = "params", what: str = "network") -> dict[str, Any]:
+    """The weights of a BasicSR network checkpoint, through :func:`safe_load`.
+
+    Takes the ``param_key`` entry, ``params`` where that is absent (as BasicSR does for
+    ``params_ema``), or the whole file when it is a bare state dict; DDP's ``module.`` prefix is
+    dropped.
+
+    Raises:
+        CheckpointError: naming the file, as :func:`safe_load` does, or when it holds no such entry.
+    """
+    loaded = safe_load(path, what)
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{what} {path}: holds a {type(loaded).__name__}, not a mapping of weights")
+    entry = next((key for key in (param_key, "params") if key is not None and isinstance(loaded.get(key), dict)), None)
+    if entry is not None:
+        loaded = loaded[entry]
+    elif not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise CheckpointError(f"{what} {path}: no {param_key!r} entry (has {', '.join(map(str, loaded))})")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
 def checkpoint_iterations(state_dir: str) -> list[int]:
     """Iterations of the ``<iter>.state`` files in ``state_dir``, newest first."""
     if not os.path.isdir(state_dir):

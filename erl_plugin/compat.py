@@ -208,19 +208,12 @@ def _safe_load_network() -> None:
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import get_root_logger
 
-    from erl_plugin.checkpoint import safe_load
+    from erl_plugin.checkpoint import load_weights
 
     def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
         net = self.get_bare_model(net)
-        loaded = safe_load(load_path, "network")
-        if param_key is not None:
-            if param_key not in loaded and "params" in loaded:
-                param_key = "params"
-            if param_key not in loaded:
-                raise ValueError(f"{load_path}: no {param_key!r} entry (has {', '.join(map(str, loaded))})")
-            loaded = loaded[param_key]
+        loaded = load_weights(load_path, param_key)
         get_root_logger().info(f"Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].")
-        loaded = {k.removeprefix("module."): v for k, v in loaded.items()}
         self._print_different_keys_loading(net, loaded, strict)
         try:
             net.load_state_dict(loaded, strict=strict)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 from basicsr.archs import build_network
 from torch import nn
 
 from erl_plugin.archs.erl_arch import build_backbone
+from erl_plugin.checkpoint import load_weights
 from erl_plugin.data.layouts import raintrainh_pairs
 from erl_plugin.data.lmdb_writer import read_image, write_image
 from erl_plugin.inference import derain_tiled
@@ -46,10 +46,7 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
     import_custom_modules(opt, opt_path)
     if "network_g" not in opt:
         raise OptionsError(f"{opt_path}: no network_g section")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if param_key not in state:
-        raise KeyError(f"{checkpoint}: no {param_key!r} in the checkpoint (keys: {', '.join(state)})")
-    params = state[param_key]
+    params = load_weights(checkpoint, param_key)
     network_opt = dict(opt["network_g"])
     if network_opt["type"] == "ERLNet" and not any(key.startswith("backbone.") for key in params):
         # The backbone as ERL-Net sees it: adapted networks declare their grid (feature_info).

@@ -12,9 +12,7 @@ Example:
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
-from erl_plugin.speed import PRECISIONS, check_compile, memory_format, prepare_network, resolve_precision
+from erl_plugin.speed import PRECISIONS, autocast, check_compile, memory_format, prepare_network, resolve_precision
 
 __all__ = [
     "PRECISIONS",
@@ -66,15 +64,6 @@ class DerainReport:
         ]
         lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
         return "\n".join(lines)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    if device.type != "cuda" and not (device.type == "cpu" and dtype == torch.bfloat16):
-        warnings.warn(f"autocast to {dtype} needs CUDA; running fp32 on {device}", RuntimeWarning, stacklevel=3)
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _check_tiling(tile: int | None, overlap: int, align: int = 1) -> None:
@@ -190,8 +179,8 @@ def derain_tiled(
         tile: Tile side, or None to run the whole image at once (see :func:`tiled_forward`).
         overlap: Overlap between tiles in pixels.
         device: Where to run; default: the device of the network's parameters.
-        dtype: Autocast dtype (``torch.float16`` / ``torch.bfloat16``) on CUDA, ``torch.bfloat16``
-            on the CPU; None for fp32. Elsewhere a reduced dtype warns and runs fp32.
+        dtype: Autocast dtype as :func:`~erl_plugin.speed.resolve_precision` gives it for
+            ``device`` (it falls back to None, fp32, where a precision cannot run).
         channels_last: Feed the network NHWC memory (for a network converted to channels_last).
 
     Returns:
@@ -213,7 +202,7 @@ def derain_tiled(
     device = torch.device(device) if device is not None else next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1)))[None].to(device)
     x = memory_format(x, channels_last)
-    with _autocast(device, dtype):
+    with autocast(device, dtype):
         y = tiled_forward(net, x, tile, overlap)
     out = y[0].clamp(0, 1).cpu().numpy().transpose(1, 2, 0)[..., ::-1]
     if channels == 1:

@@ -18,6 +18,7 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from erl_plugin.checkpoint import CheckpointError, load_weights
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import StageError, parse_stages
@@ -166,12 +167,9 @@ def _check_checkpoint_fits(
     if not isinstance(checkpoint, str) or not os.path.isfile(os.path.expanduser(checkpoint)):
         return  # a missing file is reported by the path checks
     try:
-        state = torch.load(os.path.expanduser(checkpoint), map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure: a corrupt or unsafe file
+        params = load_weights(os.path.expanduser(checkpoint), path.get(f"param_key_{suffix}", "params"))
+    except CheckpointError as error:  # a corrupt or unsafe file
         raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
-    param_key = path.get(f"param_key_{suffix}", "params")
-    params = state.get(param_key, state) if isinstance(state, dict) else state
-    params = {k.removeprefix("module."): v for k, v in params.items()}
     try:
         net.load_state_dict(params, strict=path.get(f"strict_load_{suffix}", True))
     except (RuntimeError, ValueError) as error:

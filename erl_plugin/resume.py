@@ -41,6 +41,7 @@ from erl_plugin.checkpoint import (
     atomic_save,
     checkpoint_iterations,
     file_digest,
+    load_weights,
     prune_checkpoints,
     safe_load,
 )
@@ -354,10 +355,8 @@ def _check_networks_fit(opt: Mapping[str, Any], state: Mapping[str, Any], path: 
         section = copy.deepcopy(dict(opt[key]))
         net = ARCH_REGISTRY.get(section.pop("type"))(**section)
         network = os.path.join(opt["path"]["models"], f"net_{key.removeprefix('network_')}_{state['iter']}.pth")
-        params = safe_load(network, "network")
-        params = params.get("params", params) if isinstance(params, dict) else params
         try:
-            net.load_state_dict({k.removeprefix("module."): v for k, v in params.items()})
+            net.load_state_dict(load_weights(network))
         except (RuntimeError, ValueError, AttributeError) as error:
             raise ResumeError(
                 f"{path}: {network} does not fit {key} ({opt[key]['type']}): {error}; resume with the options "

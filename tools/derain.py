@@ -11,7 +11,6 @@ Example:
 """
 
 import argparse
-import pickle
 import sys
 
 import torch
@@ -52,11 +51,7 @@ def main() -> int:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     try:
-        try:
-            net = load_network(args.opt, args.checkpoint)
-        except (pickle.UnpicklingError, RuntimeError) as error:
-            reason = str(error).splitlines()[0]
-            raise ValueError(f"{args.checkpoint}: cannot be loaded as a checkpoint: {reason}") from None
+        net = load_network(args.opt, args.checkpoint)  # a bad checkpoint raises ValueError naming it
         report = derain_paths(
             net,
             args.input,

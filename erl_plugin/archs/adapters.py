@@ -25,7 +25,9 @@ Example (the whole adapter for a network with ``stem``, ``down``, ``up`` and ``h
     ...         return self.head(self.up(bottleneck) + skips[0])
 """
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -46,6 +48,17 @@ def probe_input(net: nn.Module, height: int, width: int) -> Tensor:
     param = next(net.parameters())
     generator = torch.Generator().manual_seed(PROBE_SEED)
     return torch.rand(1, conv.in_channels, height, width, generator=generator).to(param.device, param.dtype)
+
+
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[None]:
+    """Run the block with ``net`` in eval mode (probes must not move BatchNorm or spectral-norm state)."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train(was_training)
 
 
 class AdoptedNetwork(nn.Module):
@@ -83,7 +96,7 @@ class AdoptedNetwork(nn.Module):
         return type(self.network).__name__
 
 
-class Adapter(AdoptedNetwork):
+class Adapter(AdoptedNetwork, ABC):
     """Base class of adapters; subclasses define ``decoder_modules``, ``feature_points``, ``encode``, ``decode``.
 
     Args:
@@ -98,17 +111,17 @@ class Adapter(AdoptedNetwork):
         super().__init__(network)
         self.feature_info: list[FeaturePoint] = self.feature_points()
 
+    @abstractmethod
     def feature_points(self) -> list[FeaturePoint]:
         """The entanglement points: skips from the highest resolution down, then the bottleneck."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, x: Tensor, inject: Inject | None = None) -> tuple[Tensor, list[Tensor]]:
         """Run the network's encoder; see :class:`erl_plugin.archs.protocol.EncoderDecoder`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, bottleneck: Tensor, skips: list[Tensor], x: Tensor) -> Tensor:
         """Run the network's decoder; see :class:`erl_plugin.archs.protocol.EncoderDecoder`."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         """``decode(*encode(x), x)``, which :meth:`verify` checks equals the network's forward."""
@@ -124,9 +137,7 @@ class Adapter(AdoptedNetwork):
         """
         owner = f"{type(self).__name__} (adapter of {self.network_name})"
         stride = self.feature_info[-1].reduction
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             agreed = []
             for height, width in self.probe_sizes:
                 x = probe_input(self, -(-height // stride) * stride, -(-width // stride) * stride)
@@ -147,8 +158,6 @@ class Adapter(AdoptedNetwork):
                         f"the adapter does not follow (does it branch on the input shape?)"
                     )
                 agreed.append(str(tuple(x.shape)))
-        finally:
-            self.train(was_training)
 
 
 ADAPTERS: dict[str, type[Adapter]] = {}

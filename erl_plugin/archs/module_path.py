@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from erl_plugin.archs.adapters import AdoptedNetwork, probe_input
+from erl_plugin.archs.adapters import AdoptedNetwork, evaluating, probe_input
 from erl_plugin.archs.protocol import FeaturePoint, Inject, check_feature_shapes
 
 PROBE_SIZE = 64
@@ -168,8 +168,7 @@ class ModulePathBackbone(AdoptedNetwork):
 
     def run(self, x: Tensor, inject: Inject | None = None) -> tuple[Tensor, list[Tensor]]:
         """The network's output and its features at the points, ``inject`` applied at each point."""
-        out, features = self._hooked(x, inject, stop_when_done=False)
-        return out, features
+        return self._hooked(x, inject, stop_when_done=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """The network's own forward pass, untouched."""
@@ -178,12 +177,8 @@ class ModulePathBackbone(AdoptedNetwork):
     @torch.no_grad()
     def _measure_points(self) -> list[FeaturePoint]:
         x = probe_input(self, PROBE_SIZE, PROBE_SIZE)
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             bottleneck, skips = self.encode(x)
-        finally:
-            self.train(was_training)
         points = []
         names = [*(f"skip{i}" for i in range(len(skips))), "bottleneck"]
         for name, path, feature in zip(names, self.entangle_at.paths, [*skips, bottleneck], strict=True):
@@ -203,15 +198,10 @@ class ModulePathBackbone(AdoptedNetwork):
         belongs to the decoder (or to nothing the points need).
         """
         params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.enable_grad():
-                bottleneck, skips = self.encode(probe_input(self, PROBE_SIZE, PROBE_SIZE))
-                total = sum(feature.float().sum() for feature in [*skips, bottleneck])
-                grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True) if params else []
-        finally:
-            self.train(was_training)
+        with evaluating(self), torch.enable_grad():
+            bottleneck, skips = self.encode(probe_input(self, PROBE_SIZE, PROBE_SIZE))
+            total = sum(feature.float().sum() for feature in [*skips, bottleneck])
+            grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True) if params else []
         needed = {""}
         for (name, _), grad in zip(params, grads, strict=True):
             if grad is not None:
@@ -233,7 +223,7 @@ class ModulePathBackbone(AdoptedNetwork):
         """
         x = probe_input(self, PROBE_SIZE, PROBE_SIZE)
         try:
-            with torch.no_grad():
+            with evaluating(self), torch.no_grad():
                 bottleneck, skips = self.encode(x)
         except (RuntimeError, TypeError, AttributeError) as error:
             raise ValueError(
@@ -249,26 +239,21 @@ class ModulePathBackbone(AdoptedNetwork):
         A probe adds a perturbation at one skip and compares what the later points receive.
         """
         x = probe_input(self, PROBE_SIZE, PROBE_SIZE)
-        was_training = self.training
-        self.eval()
         feeding = {}
-        try:
-            with torch.no_grad():
-                bottleneck, skips = self.encode(x)
-                reference = [*skips, bottleneck]
-                for index, path in enumerate(self.entangle_at.skips):
+        with evaluating(self), torch.no_grad():
+            bottleneck, skips = self.encode(x)
+            reference = [*skips, bottleneck]
+            for index, path in enumerate(self.entangle_at.skips):
 
-                    def perturb(i: int, feature: Tensor, index: int = index) -> Tensor:
-                        return feature + 1.0 if i == index else feature
+                def perturb(i: int, feature: Tensor, index: int = index) -> Tensor:
+                    return feature + 1.0 if i == index else feature
 
-                    bottleneck, skips = self.encode(x, inject=perturb)
-                    changed = [
-                        self.entangle_at.paths[j]
-                        for j, feature in enumerate([*skips, bottleneck])
-                        if j > index and not torch.equal(feature, reference[j])
-                    ]
-                    if changed:
-                        feeding[path] = changed
-        finally:
-            self.train(was_training)
+                bottleneck, skips = self.encode(x, inject=perturb)
+                changed = [
+                    self.entangle_at.paths[j]
+                    for j, feature in enumerate([*skips, bottleneck])
+                    if j > index and not torch.equal(feature, reference[j])
+                ]
+                if changed:
+                    feeding[path] = changed
         return feeding
