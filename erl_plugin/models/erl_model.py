@@ -268,14 +268,15 @@ class ERLModel(DerainModel):
                 f"{path}: the training state records no stage (keys: {', '.join(sorted(state))}); an ERLModel run "
                 "resumes only from states written by ERLModel"
             )
-        plan = _stage_plan(parse_stages(opt))
+        stages = parse_stages(opt)
+        plan = _stage_plan(stages)
         if state["stages"] != plan:
             raise ResumeError(
                 f"{path}: written for the stages {_describe(state['stages'])}, but the options "
                 f"(train.strategy {opt['train'].get('strategy')!r}) give {_describe(plan)}; resume with the options "
                 "that wrote it, or train under a new name"
             )
-        stage = parse_stages(opt)[state["stage"]]
+        stage = stages[state["stage"]]
         if not stage.first - 1 <= state["iter"] <= stage.last:
             raise ResumeError(
                 f"{path}: iteration {state['iter']} lies outside its stage {stage.name!r} "
