@@ -129,7 +129,7 @@ class SeededDataset(Dataset):
         np.random.seed(index.seed)
         torch.default_generator.manual_seed(index.seed)
         try:
-            return self.dataset[int(index)]
+            return self.dataset[index]  # still a SeededIndex: a dataset may draw from its seed itself
         finally:
             restore_rng(saved)
 

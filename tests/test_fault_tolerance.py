@@ -192,6 +192,38 @@ def test_sigkill_then_auto_resume_ends_bitwise_equal(
 
 
 @pytest.mark.slow
+def test_rain_rendered_on_the_fly_resumes_bitwise_after_a_kill(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    """SyntheticRainDataset draws each sample from its seed: a killed run resumed with loader workers
+    (the reference has none) trains on the same pairs, mid-epoch, and ends bitwise equal."""
+    opt = tiny_options(tiny_lmdb, name="fly", total_iter=8)
+    opt["datasets"]["train"] = {
+        "name": "rain_on_the_fly",
+        "type": "SyntheticRainDataset",
+        "preset": "wide",
+        "gt_size": 24,
+        "rescale": [0.5, 1.0],
+        "num_samples": 6,  # 3 batches per epoch: the kill at iteration 5 is mid-epoch
+        "num_worker_per_gpu": 0,
+        "batch_size_per_gpu": 2,
+    }
+    opt["logger"]["save_checkpoint_freq"] = 1
+    reference = train(tmp_path, write_options(tmp_path, opt, "reference.yml"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    opt["name"] = "fly_killed"
+    killed_file = write_options(tmp_path, opt, "killed.yml")
+    killed = train(tmp_path, killed_file, fault=("step", "5"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    opt["datasets"]["train"]["num_worker_per_gpu"] = 2
+    resumed = train(tmp_path, write_options(tmp_path, opt, "killed.yml"), "--auto_resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continues after its batch 1" in resumed.stderr
+    assert_bitwise_equal(
+        tmp_path / "experiments/fly/models/net_g_latest.pth",
+        tmp_path / "experiments/fly_killed/models/net_g_latest.pth",
+    )
+
+
+@pytest.mark.slow
 def test_corrupt_latest_checkpoints_fall_back_with_a_warning(
     tmp_path: Path, tiny_lmdb: dict[str, str], reference: Path
 ) -> None:

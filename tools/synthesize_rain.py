@@ -1,7 +1,14 @@
 """Write a synthetic paired rain dataset (Rain100H layout) from local photos; no download needed.
 
-Example:
-    PYTHONPATH=. python tools/synthesize_rain.py --out datasets/synthetic_rain --preset heavy --lmdb
+Two kinds:
+- a fixed dataset (train and test splits of a preset), for LMDB and folder training;
+- ``--generalization``: the validation split (training photos, the on-the-fly training domain) and the
+  generalization test split (photos never trained on, rain partly outside the training domain) that
+  ``tools/study.py`` and ``make demo`` evaluate on.
+
+Examples:
+    python tools/synthesize_rain.py --out datasets/synthetic_rain --preset heavy --lmdb
+    python tools/synthesize_rain.py --generalization --out datasets/rain_generalization
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
 from erl_plugin.data.synthetic_rain import PRESETS, synthesize_dataset
 
 
@@ -16,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output dataset folder")
+    parser.add_argument(
+        "--generalization",
+        action="store_true",
+        help="write the validation and generalization test splits (val/, test/) instead of a fixed dataset",
+    )
     parser.add_argument("--source", help="folder of clean photos (default: scikit-image's bundled photos)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="heavy", help="rain preset")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -33,6 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the synthesis; returns the exit status (2 for bad input)."""
     args = parse_args(argv)
+    if args.generalization:
+        try:
+            summary = synthesize_generalization_splits(
+                args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress
+            )
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(
+            f"wrote {summary['val']['pairs']} validation pairs (training photos, {summary['val']['domain']} rain) "
+            f"and {summary['test']['pairs']} test pairs (photos never trained on, "
+            f"{' and '.join(summary['test']['domains'])} rain) to {args.out}"
+        )
+        return 0
     try:
         summary = synthesize_dataset(
             args.out,

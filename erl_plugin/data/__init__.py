@@ -1,5 +1,6 @@
-"""Data: synthetic rain, LMDB writing and shared LMDB environments."""
+"""Data: folders and LMDBs of rainy/clean pairs, rain rendered on the fly, synthetic rain, LMDB writing."""
 
 from erl_plugin.data.derain_dataset import DerainPairedDataset
+from erl_plugin.data.synthetic_dataset import SyntheticRainDataset
 
-__all__ = ["DerainPairedDataset"]
+__all__ = ["DerainPairedDataset", "SyntheticRainDataset"]

@@ -1,9 +1,14 @@
 """Synthetic rain streaks and a paired dataset in the Rain100H layout, so training runs without a download.
 
-Rain model: each layer seeds random impulses and smears them with a motion-blur line kernel; layers are
-composited on the clean image with a screen blend ``1 - (1 - clean)(1 - streaks)`` and an optional
-haze that blends towards a bright grey airlight. Streaks and airlight are achromatic, so RGB and BGR
-inputs are treated alike. Everything is deterministic given a ``numpy.random.Generator``.
+Rain model: each layer seeds random impulses and smears them with a motion-blur line kernel (optionally
+softened by a Gaussian streak blur); layers are composited on the clean image with a blend mode (screen
+``1 - (1 - clean)(1 - streaks)``, additive with clipping, or an alpha composite of a grey streak colour),
+then an optional haze blends towards a bright airlight (grey or slightly tinted), and mild sensor noise and
+JPEG compression may follow. A :class:`RainPreset` names a domain of such renderings: the ranges every
+parameter is drawn from. ``light`` and ``heavy`` are the fixed-data presets (screen blend, grey haze, no
+blur, noise or JPEG); ``wide`` is the training domain of the on-the-fly dataset and ``shifted`` the
+out-of-domain half of the generalization test split. Everything is deterministic given a
+``numpy.random.Generator``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -31,17 +36,21 @@ from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name, raintrainh_
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, staged_directory, write_paired_lmdb
 
 __all__ = [
+    "BLEND_MODES",
     "DEFAULT_SOURCES",
     "PRESETS",
     "RainDataError",
     "RainPreset",
     "StreakLayer",
     "add_rain",
+    "fit_view",
     "load_source_images",
+    "read_photos",
     "render_streaks",
     "sample_layers",
     "synthesize_dataset",
     "synthesize_lmdb",
+    "write_png",
 ]
 
 
@@ -76,6 +85,7 @@ class StreakLayer:
         width: Streak thickness in pixels (integer >= 1).
         density: Fraction of pixels that seed a streak, in [0, 1].
         intensity: Peak brightness of an isolated streak, in [0, 1].
+        blur: Standard deviation of a Gaussian blur of the rendered layer, pixels (>= 0; 0 = none).
     """
 
     angle: float
@@ -83,6 +93,7 @@ class StreakLayer:
     width: int
     density: float
     intensity: float
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.angle):
@@ -95,18 +106,24 @@ class StreakLayer:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"StreakLayer.{name} must be in [0, 1], got {value!r}")
+        if not self.blur >= 0:
+            raise ValueError(f"StreakLayer.blur must be >= 0 pixels, got {self.blur!r}")
 
 
 Range = tuple[float, float]
+BLEND_MODES = ("screen", "additive", "alpha")
 
 
 @dataclass(frozen=True)
 class RainPreset:
-    """Ranges from which :func:`sample_layers` draws the layers of one rainy image.
+    """Ranges from which :func:`sample_layers` and :func:`add_rain` draw one rainy image: a rain domain.
 
-    Every range is ``(low, high)``, sampled uniformly; ``width`` and ``layers`` are integer ranges with
-    both ends included. All layers of one image share a dominant angle drawn from ``angle``; each layer
-    deviates from it by at most ``angle_jitter`` degrees.
+    Every range is ``(low, high)``, sampled uniformly; ``width``, ``layers`` and ``jpeg_quality`` are
+    integer ranges with both ends included. All layers of one image share a dominant angle drawn from
+    ``angle`` (negated with probability 1/2 when ``mirror_angle``); each layer deviates from it by at most
+    ``angle_jitter`` degrees. The fields after ``haze`` default to the fixed-data presets' rendering
+    (screen blend, grey airlight in [0.8, 1], no blur, noise or JPEG), and an option left at its default
+    draws nothing, so ``light`` and ``heavy`` give the same bytes as before those options existed.
 
     Attributes:
         name: Preset name.
@@ -118,6 +135,17 @@ class RainPreset:
         intensity: Peak streak brightness range.
         layers: Number of layers per image.
         haze: Haze strength range, 0 = none.
+        blend: Blend modes one is drawn from, each from :data:`BLEND_MODES`.
+        blend_per_layer: Draw a blend mode per layer rather than one per image.
+        mirror_angle: Negate the dominant angle with probability 1/2 (for ranges such as 40..60 degrees
+            that should cover both directions).
+        streak_blur: Per-layer Gaussian blur range, pixels (0 = sharp streaks).
+        streak_colour: Grey level range of the streaks in the ``alpha`` blend.
+        airlight: Grey level range of the haze's airlight.
+        airlight_tint: Largest per-channel deviation of the airlight from grey.
+        noise: Standard deviation range of additive Gaussian sensor noise (0 = none), in [0, 1] units.
+        jpeg_probability: Probability that the rainy image is JPEG-compressed.
+        jpeg_quality: JPEG quality range when it is.
     """
 
     name: str
@@ -129,6 +157,16 @@ class RainPreset:
     intensity: Range
     layers: tuple[int, int]
     haze: Range
+    blend: tuple[str, ...] = ("screen",)
+    blend_per_layer: bool = False
+    mirror_angle: bool = False
+    streak_blur: Range = (0.0, 0.0)
+    streak_colour: Range = (0.75, 0.95)
+    airlight: Range = (0.8, 1.0)
+    airlight_tint: float = 0.0
+    noise: Range = (0.0, 0.0)
+    jpeg_probability: float = 0.0
+    jpeg_quality: tuple[int, int] = (70, 95)
 
     def __post_init__(self) -> None:
         bounds = {
@@ -139,25 +177,54 @@ class RainPreset:
             "intensity": (0.0, 1.0),
             "layers": (1, math.inf),
             "haze": (0.0, 1.0),
+            "streak_blur": (0.0, math.inf),
+            "streak_colour": (0.0, 1.0),
+            "airlight": (0.0, 1.0),
+            "noise": (0.0, 1.0),
+            "jpeg_quality": (1, 100),
         }
         for field, (lowest, highest) in bounds.items():
-            low, high = getattr(self, field)
+            value = getattr(self, field)
+            if not isinstance(value, tuple | list) or len(value) != 2:
+                raise ValueError(f"RainPreset {self.name!r}: {field}={value!r} must be a (low, high) pair")
+            low, high = value
             if not lowest <= low <= high <= highest:
                 raise ValueError(
                     f"RainPreset {self.name!r}: {field}=({low}, {high}) must satisfy "
                     f"{lowest} <= low <= high <= {highest}"
                 )
-        for field in ("width", "layers"):
+        for field in ("width", "layers", "jpeg_quality"):
             if any(int(v) != v for v in getattr(self, field)):
                 raise ValueError(f"RainPreset {self.name!r}: {field} must be integers, got {getattr(self, field)}")
-        if self.angle_jitter < 0:
-            raise ValueError(f"RainPreset {self.name!r}: angle_jitter must be >= 0, got {self.angle_jitter}")
+        for field in ("angle_jitter", "airlight_tint"):
+            if not getattr(self, field) >= 0:
+                raise ValueError(f"RainPreset {self.name!r}: {field} must be >= 0, got {getattr(self, field)}")
+        if not 0.0 <= self.jpeg_probability <= 1.0:
+            raise ValueError(
+                f"RainPreset {self.name!r}: jpeg_probability must be in [0, 1], got {self.jpeg_probability}"
+            )
+        unknown = [mode for mode in self.blend if mode not in BLEND_MODES]
+        if not self.blend or unknown:
+            raise ValueError(
+                f"RainPreset {self.name!r}: blend={list(self.blend)!r} must list blend modes from {list(BLEND_MODES)}"
+            )
+
+    def replace(self, **changes: Any) -> RainPreset:
+        """A copy with some fields changed (lists become tuples); unknown fields are refused by name."""
+        fields = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"unknown rain option(s) {unknown}; allowed: {sorted(fields - {'name'})}")
+        changes = {key: tuple(value) if isinstance(value, list) else value for key, value in changes.items()}
+        return dataclasses.replace(self, **changes)
 
 
 # Calibrated on the scikit-image photos (Y-channel PSNR of rainy vs clean, basicsr protocol): light
 # averages about 26 dB, heavy about 16 dB, close to Rain100L / Rain100H inputs. Heavy seeds fewer streaks
 # per layer than light's drizzle, but they are 2-4x longer, wider, brighter and come in 3-4 layers, so they
-# cover far more of the image.
+# cover far more of the image. ``wide`` spans drizzle to downpour with every blend mode, blur, tinted haze,
+# noise and JPEG (the on-the-fly training domain); ``shifted`` lies partly outside it: steeper angles,
+# longer and wider streaks, a blend mode per layer and denser haze.
 PRESETS: dict[str, RainPreset] = {
     "light": RainPreset(
         name="light",
@@ -181,6 +248,42 @@ PRESETS: dict[str, RainPreset] = {
         layers=(3, 4),
         haze=(0.05, 0.2),
     ),
+    "wide": RainPreset(
+        name="wide",
+        angle=(-35.0, 35.0),
+        angle_jitter=8.0,
+        length=(8.0, 45.0),
+        width=(1, 3),
+        density=(0.0003, 0.0022),
+        intensity=(0.25, 0.75),
+        layers=(1, 4),
+        haze=(0.0, 0.3),
+        blend=BLEND_MODES,
+        streak_blur=(0.0, 1.0),
+        airlight_tint=0.05,
+        noise=(0.0, 0.01),
+        jpeg_probability=0.3,
+        jpeg_quality=(75, 95),
+    ),
+    "shifted": RainPreset(
+        name="shifted",
+        angle=(40.0, 60.0),
+        angle_jitter=5.0,
+        length=(45.0, 80.0),
+        width=(2, 3),
+        density=(0.0002, 0.0006),
+        intensity=(0.4, 0.8),
+        layers=(2, 3),
+        haze=(0.15, 0.35),
+        blend=BLEND_MODES,
+        blend_per_layer=True,
+        mirror_angle=True,
+        streak_blur=(0.5, 1.5),
+        airlight_tint=0.08,
+        noise=(0.0, 0.01),
+        jpeg_probability=0.3,
+        jpeg_quality=(60, 90),
+    ),
 }
 
 
@@ -188,16 +291,20 @@ def sample_layers(preset: RainPreset, rng: np.random.Generator) -> tuple[list[St
     """Draw the streak layers and haze strength of one rainy image from ``preset``."""
     count = int(rng.integers(preset.layers[0], preset.layers[1] + 1))
     dominant = rng.uniform(*preset.angle)
-    layers = [
-        StreakLayer(
+    if preset.mirror_angle and rng.random() < 0.5:
+        dominant = -dominant
+    layers = []
+    for _ in range(count):
+        layer = StreakLayer(
             angle=float(dominant + rng.uniform(-preset.angle_jitter, preset.angle_jitter)),
             length=float(rng.uniform(*preset.length)),
             width=int(rng.integers(preset.width[0], preset.width[1] + 1)),
             density=float(rng.uniform(*preset.density)),
             intensity=float(rng.uniform(*preset.intensity)),
         )
-        for _ in range(count)
-    ]
+        if preset.streak_blur[1] > 0:
+            layer = dataclasses.replace(layer, blur=float(rng.uniform(*preset.streak_blur)))
+        layers.append(layer)
     return layers, float(rng.uniform(*preset.haze))
 
 
@@ -239,6 +346,8 @@ def render_streaks(shape_hw: tuple[int, int], layer: StreakLayer, rng: np.random
     impulses = np.zeros(padded, np.float32)
     impulses.flat[seeds] = rng.uniform(0.5, 1.0, seeds.size)
     streaks = cv2.filter2D(impulses, -1, kernel, borderType=cv2.BORDER_CONSTANT)
+    if layer.blur > 0:
+        streaks = cv2.GaussianBlur(streaks, (0, 0), layer.blur, borderType=cv2.BORDER_CONSTANT)
     streaks = streaks[margin : margin + height, margin : margin + width] * layer.intensity
     return np.clip(streaks, 0.0, 1.0)
 
@@ -250,12 +359,12 @@ def add_rain(
     *,
     haze: float = 0.0,
 ) -> np.ndarray:
-    """Composite rain streaks (and haze) onto a clean image.
+    """Composite rain streaks (and haze, noise, JPEG) onto a clean image.
 
     Args:
         clean: uint8 HxWx3 image, RGB or BGR.
-        rain: A preset (name in :data:`PRESETS` or a :class:`RainPreset`) from which layers and haze are
-            sampled, or explicit layers.
+        rain: A preset (name in :data:`PRESETS` or a :class:`RainPreset`) from which layers, blend, haze,
+            noise and JPEG are drawn, or explicit layers (screen blend, grey airlight).
         rng: Random generator; the same generator state gives identical bytes.
         haze: Haze strength in [0, 1] for explicit layers. Presets sample their own, so it must stay 0.
 
@@ -274,17 +383,59 @@ def add_rain(
     if isinstance(rain, RainPreset):
         if haze:
             raise ValueError(f"haze={haze} is only for explicit layers; preset {rain.name!r} samples its own")
-        layers, haze = sample_layers(rain, rng)
+        preset = rain
+        layers, haze = sample_layers(preset, rng)
     else:
-        layers = list(rain)
-    keep = np.ones(clean.shape[:2], np.float32)  # product of (1 - streaks) over the layers
-    for layer in layers:
-        keep *= 1.0 - render_streaks(clean.shape[:2], layer, rng)
-    rainy = 1.0 - (1.0 - clean.astype(np.float32) / 255.0) * keep[..., None]
+        preset, layers = PRESETS["heavy"], list(rain)  # heavy renders with the defaults: screen, grey airlight
+    modes = _draw_blend_modes(preset, len(layers), rng)
+    colour = float(rng.uniform(*preset.streak_colour)) if "alpha" in modes else 1.0
+    maps = [render_streaks(clean.shape[:2], layer, rng) for layer in layers]
+    rainy = _composite(clean.astype(np.float32) / 255.0, maps, modes, colour)
     if haze > 0:
-        airlight = rng.uniform(0.8, 1.0)
+        airlight = np.float32(rng.uniform(*preset.airlight))
+        if preset.airlight_tint > 0:
+            tint = rng.uniform(-preset.airlight_tint, preset.airlight_tint, 3).astype(np.float32)
+            airlight = np.clip(airlight + tint, 0.0, 1.0)
         rainy = rainy * (1.0 - haze) + airlight * haze
-    return np.clip(np.rint(rainy * 255.0), 0, 255).astype(np.uint8)
+    if preset.noise[1] > 0:
+        sigma = rng.uniform(*preset.noise)
+        rainy = rainy + rng.normal(0.0, sigma, rainy.shape).astype(np.float32)
+    rainy = np.clip(np.rint(rainy * 255.0), 0, 255).astype(np.uint8)
+    if preset.jpeg_probability > 0 and rng.random() < preset.jpeg_probability:
+        quality = int(rng.integers(preset.jpeg_quality[0], preset.jpeg_quality[1] + 1))
+        ok, encoded = cv2.imencode(".jpg", rainy, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"cannot JPEG-encode a {rainy.shape} image at quality {quality}")
+        rainy = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return rainy
+
+
+def _draw_blend_modes(preset: RainPreset, count: int, rng: np.random.Generator) -> list[str]:
+    """One blend mode per layer: the same for all (one draw per image) or one draw per layer."""
+    if len(preset.blend) == 1:
+        return [preset.blend[0]] * count
+    if preset.blend_per_layer:
+        return [preset.blend[int(rng.integers(len(preset.blend)))] for _ in range(count)]
+    return [preset.blend[int(rng.integers(len(preset.blend)))]] * count
+
+
+def _composite(clean: np.ndarray, maps: Sequence[np.ndarray], modes: Sequence[str], colour: float) -> np.ndarray:
+    """Blend streak maps (HxW in [0, 1]) onto a float HxWx3 image in [0, 1], layer by layer."""
+    if set(modes) == {"screen"}:  # one product, as the fixed-data presets have always computed it
+        keep = np.ones(clean.shape[:2], np.float32)
+        for streaks in maps:
+            keep *= 1.0 - streaks
+        return 1.0 - (1.0 - clean) * keep[..., None]
+    rainy = clean
+    for streaks, mode in zip(maps, modes, strict=True):
+        alpha = streaks[..., None]
+        if mode == "screen":
+            rainy = 1.0 - (1.0 - rainy) * (1.0 - alpha)
+        elif mode == "additive":
+            rainy = np.minimum(rainy + alpha, 1.0)
+        else:  # alpha: the streaks are a grey curtain of opacity ``streaks``
+            rainy = rainy * (1.0 - alpha) + colour * alpha
+    return rainy
 
 
 def _preset(name: str) -> RainPreset:
@@ -337,6 +488,15 @@ def load_source_images(folder: str | os.PathLike[str] | None) -> list[tuple[str,
         files = sorted(p for p in root.iterdir() if is_image_name(p.name) and p.is_file())
         if not files:
             raise RainDataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return read_photos(files)
+
+
+def read_photos(files: Sequence[Path]) -> list[tuple[str, np.ndarray]]:
+    """``(file name, BGR uint8 HxWx3 image)`` of each file (grey replicated, alpha dropped, 16 bit scaled).
+
+    Raises:
+        RainDataError: Naming a file that cannot be read or has an unsupported pixel type.
+    """
     images = []
     for path in files:
         try:
@@ -359,7 +519,7 @@ def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     return image[top : top + size, left : left + size]
 
 
-def _test_view(image: np.ndarray, max_side: int) -> np.ndarray:
+def fit_view(image: np.ndarray, max_side: int) -> np.ndarray:
     """Downscale so the longer side is at most ``max_side``, then centre-crop sides to multiples of 8."""
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
@@ -373,7 +533,7 @@ def _test_view(image: np.ndarray, max_side: int) -> np.ndarray:
     return image[top : top + new_h, left : left + new_w]
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
+def write_png(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"cannot encode {path} as PNG")
@@ -469,7 +629,7 @@ def synthesize_dataset(
 
     def test_pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for _, image in test_sources:
-            view = _test_view(image, test_max_side)
+            view = fit_view(image, test_max_side)
             for _ in range(test_variants):
                 yield view, add_rain(view, rain, test_rng)
 
@@ -497,8 +657,8 @@ def synthesize_dataset(
             split_dir.mkdir()
             with tqdm(total=counts[split], unit="pair", desc=f"rain {split}", disable=not progress) as bar:
                 for index, (clean, rainy) in enumerate(pairs, start=1):
-                    _write_png(split_dir / f"rain-{index}.png", rainy)
-                    _write_png(split_dir / f"norain-{index}.png", clean)
+                    write_png(split_dir / f"rain-{index}.png", rainy)
+                    write_png(split_dir / f"norain-{index}.png", clean)
                     bar.update(1)
             if lmdb:
                 synthesize_lmdb(staging, split, progress=progress)

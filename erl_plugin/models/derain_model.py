@@ -12,6 +12,7 @@ plain parameter names. A step whose loss is NaN or infinite is skipped
 (:mod:`erl_plugin.models.nonfinite`), and no checkpoint is written while steps are being skipped.
 """
 
+import json
 import os
 from collections import OrderedDict
 from contextlib import AbstractContextManager
@@ -121,6 +122,30 @@ class DerainModel(SRModel):
         with autocast(self.device, self.test_dtype):
             super().test()
         self.output = self.output.float()
+
+    def validation_record(self) -> dict[str, Any]:
+        """What a line of ``validation.jsonl`` adds to the iteration, dataset and metrics (ERLModel: the stage)."""
+        return {}
+
+    def _log_validation_metric_values(self, current_iter: int, dataset_name: str, tb_logger: Any) -> None:
+        """BasicSR's log lines, plus one JSON line in ``<experiment>/validation.jsonl`` during training.
+
+        The file holds the validation history that the log states only in prose: ``{"iter", "dataset",
+        "metrics": {name: value}}`` per validation (a resumed run appends; readers keep the last line per
+        iteration and dataset).
+        """
+        super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        root = self.opt["path"].get("experiments_root")
+        if not self.is_train or not root or self.opt.get("rank", 0) != 0:
+            return
+        record = {
+            "iter": int(current_iter),
+            "dataset": dataset_name,
+            "metrics": {name: float(value) for name, value in self.metric_results.items()},
+            **self.validation_record(),
+        }
+        with open(os.path.join(root, "validation.jsonl"), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
 
     # -------------------------------------------------------------------------- save and resume
     def skips_saving(self, current_iter: int) -> bool:

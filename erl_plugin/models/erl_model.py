@@ -117,6 +117,10 @@ class ERLModel(DerainModel):
         """The active stage (None before training starts and when testing)."""
         return None if self.stage_index is None else self.stages[self.stage_index]
 
+    def validation_record(self) -> dict[str, Any]:
+        """The stage a validation ran in, for ``validation.jsonl``."""
+        return {"stage": self.stage.name} if self.stage is not None else {}
+
     def _stage_index_for(self, current_iter: int) -> int:
         for index, stage in enumerate(self.stages):
             if current_iter <= stage.last:

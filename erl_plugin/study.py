@@ -1,0 +1,712 @@
+"""Grids of training runs over seeds, evaluated on held-out data, in one resumable report.
+
+A study file (YAML) names the runs and how to compare them::
+
+    name: fidelity
+    seeds: [0, 1, 2]
+    baseline: memd_equal_iters            # every row is compared with this one, image by image
+    iters_scale: 1.0                      # scales every iteration count of every run (see scale_iterations)
+    selection_set: {name: val, layout: rain100h, dataroot: datasets/rain_generalization/val}
+    test_sets:
+      - {name: test, layout: rain100h, dataroot: datasets/rain_generalization/test}
+    runs:
+      erl:                                # trained: an options file, with dotted-key overrides
+        options: options/study/erl.yml
+        set: {network_g.entangle: mlgd}
+      memd_stage1:                        # not trained: another run's checkpoint
+        from_run: erl
+        checkpoint: memd_stage1.pth
+      memd_equal_time:                    # trained for the wall clock of another run
+        options: options/study/memd.yml
+        equal_time: {to: erl, rate_from: memd_equal_iters}
+
+Every trained run is a real ``python -m erl_plugin.train ... --auto_resume`` process (one thread per run
+by default, ``jobs`` at a time), named ``study_<study>_<run>_s<seed>`` under ``experiments/``. When it
+ends, its final network is scored image by image on the selection set and on every test set
+(protocol ``basicsr``) and ``<out>/runs/<run>_s<seed>.json`` is written atomically: a study started
+again skips what is finished and resumes what was interrupted. The report gives, per set, mean and
+standard deviation over seeds, the paired difference to the baseline with a 95% bootstrap interval
+over seeds and images, the share of images improved (the paper's Fig. 3), the wall clock per run,
+and a plot of validation PSNR against iteration for every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from erl_plugin.options import OptionsError, apply_overrides, load_options, load_yaml
+
+PROTOCOL = "basicsr"
+BOOTSTRAP_SAMPLES = 10000
+_RUN_KEYS = {"options", "set", "from_run", "checkpoint", "equal_time", "label", "seeds"}
+_STUDY_KEYS = {
+    "name",
+    "seeds",
+    "baseline",
+    "reference",
+    "iters_scale",
+    "selection_set",
+    "test_sets",
+    "runs",
+    "threads",
+    "jobs",
+}
+_CONSUMED = re.compile(r"End of training\. Time consumed: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the file, the key and what is allowed."""
+
+
+# ------------------------------------------------------------------------------- iteration counts
+_ITER_KEYS = (
+    ("train", "total_iter"),
+    ("val", "val_freq"),
+    ("logger", "save_checkpoint_freq"),
+    ("logger", "print_freq"),
+)
+
+
+def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
+
+    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones and periods of
+    ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
+    ``logger.save_checkpoint_freq`` and ``logger.print_freq``. ``total_iter`` becomes the sum of the
+    scaled stages when there are stages, so the two always agree.
+    """
+    if not factor > 0:
+        raise StudyError(f"iters_scale {factor!r} must be > 0")
+    result = copy.deepcopy(dict(opt))
+
+    def scaled(value: Any) -> int:
+        return max(1, round(float(value) * factor))
+
+    for section, key in _ITER_KEYS:
+        if key in (result.get(section) or {}):
+            result[section][key] = scaled(result[section][key])
+    train = result.get("train") or {}
+    if train.get("stage_iters"):
+        train["stage_iters"] = [scaled(v) for v in train["stage_iters"]]
+        train["total_iter"] = sum(train["stage_iters"])
+    schedulers = [train.get("scheduler")] + [s.get("scheduler") for s in (train.get("stage_options") or {}).values()]
+    for scheduler in schedulers:
+        for key in ("milestones", "periods"):
+            if scheduler and scheduler.get(key):
+                scheduler[key] = [scaled(v) for v in scheduler[key]]
+    return result
+
+
+# ----------------------------------------------------------------------------------- the study
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of the study: how its network is obtained for a seed."""
+
+    name: str
+    label: str
+    seeds: tuple[int, ...]
+    options: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    from_run: str | None = None
+    checkpoint: str = "net_g_latest.pth"
+    equal_time: Mapping[str, str] | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.from_run is None
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        if self.from_run:
+            return (self.from_run,)
+        if self.equal_time:
+            return (self.equal_time["to"], self.equal_time["rate_from"])
+        return ()
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study file."""
+
+    path: str
+    name: str
+    seeds: tuple[int, ...]
+    baseline: str
+    reference: str | None
+    iters_scale: float
+    selection_set: Mapping[str, Any]
+    test_sets: tuple[Mapping[str, Any], ...]
+    runs: Mapping[str, RunSpec]
+    threads: int
+    jobs: int
+
+    @property
+    def sets(self) -> tuple[Mapping[str, Any], ...]:
+        """The selection set first, then the test sets."""
+        return (self.selection_set, *self.test_sets)
+
+
+def _data_set(entry: Any, where: str, path: str) -> dict[str, Any]:
+    if isinstance(entry, str):
+        name, _, root = entry.rpartition("=")
+        return {"name": name or os.path.basename(os.path.normpath(root)), "layout": "rain100h", "dataroot": root}
+    if not isinstance(entry, Mapping) or "name" not in entry:
+        raise StudyError(f"{path}: {where}: expected a dataset section with a name (DerainPairedDataset keys)")
+    return dict(entry)
+
+
+def load_study(path: str, extra_test_sets: Sequence[str] = ()) -> Study:
+    """Parse and check a study file; ``extra_test_sets`` are ``[NAME=]FOLDER`` (Rain100H layouts)."""
+    raw = load_yaml(path, "study")
+    if not isinstance(raw, Mapping):
+        raise StudyError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - _STUDY_KEYS)
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_STUDY_KEYS)}")
+    for key in ("name", "seeds", "baseline", "selection_set", "runs"):
+        if key not in raw:
+            raise StudyError(f"{path}: {key} is missing")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise StudyError(f"{path}: seeds {seeds!r} must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{path}: seeds {seeds!r} repeat a seed")
+    runs: dict[str, RunSpec] = {}
+    if not isinstance(raw["runs"], Mapping) or not raw["runs"]:
+        raise StudyError(f"{path}: runs must map run names to their settings")
+    for name, spec in raw["runs"].items():
+        spec = spec or {}
+        where = f"{path}: runs.{name}"
+        bad = sorted(set(spec) - _RUN_KEYS)
+        if bad:
+            raise StudyError(f"{where}: unknown key(s) {bad}; allowed: {sorted(_RUN_KEYS)}")
+        if ("options" in spec) == ("from_run" in spec):
+            raise StudyError(f"{where}: give either options (a run to train) or from_run (another run's checkpoint)")
+        equal_time = spec.get("equal_time")
+        if equal_time is not None and (not isinstance(equal_time, Mapping) or set(equal_time) != {"to", "rate_from"}):
+            raise StudyError(f"{where}.equal_time: expected {{to: <run>, rate_from: <run with these options>}}")
+        run_seeds = spec.get("seeds", seeds)
+        if not isinstance(run_seeds, list) or not run_seeds or not set(run_seeds) <= set(seeds):
+            raise StudyError(f"{where}.seeds: {run_seeds!r} must be a non-empty subset of the study's seeds {seeds}")
+        options = spec.get("options")
+        if options is not None and not os.path.isfile(options):
+            raise StudyError(f"{where}.options: {options} not found")
+        runs[str(name)] = RunSpec(
+            name=str(name),
+            label=str(spec.get("label", name)),
+            seeds=tuple(run_seeds),
+            options=options,
+            overrides=dict(spec.get("set") or {}),
+            from_run=spec.get("from_run"),
+            checkpoint=spec.get("checkpoint", "net_g_latest.pth"),
+            equal_time=dict(equal_time) if equal_time else None,
+        )
+    for run in runs.values():
+        for dependency in run.depends_on:
+            if dependency not in runs or not runs[dependency].trained:
+                raise StudyError(f"{path}: runs.{run.name} depends on {dependency!r}, which is not a trained run")
+            if not set(run.seeds) <= set(runs[dependency].seeds):
+                raise StudyError(f"{path}: runs.{run.name} has seeds that {dependency!r} does not run")
+    for key in ("baseline", "reference"):
+        if raw.get(key) is not None and raw[key] not in runs:
+            raise StudyError(f"{path}: {key} {raw[key]!r} is not a run; runs: {sorted(runs)}")
+    scale = raw.get("iters_scale", 1.0)
+    if not isinstance(scale, int | float) or not scale > 0:
+        raise StudyError(f"{path}: iters_scale {scale!r} must be a number > 0")
+    test_sets = [_data_set(s, f"test_sets[{i}]", path) for i, s in enumerate(raw.get("test_sets") or [])]
+    test_sets += [_data_set(s, f"--data {s}", path) for s in extra_test_sets]
+    selection = _data_set(raw["selection_set"], "selection_set", path)
+    names = [selection["name"], *(s["name"] for s in test_sets)]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: the selection and test sets need distinct names, got {names}")
+    return Study(
+        path=path,
+        name=str(raw["name"]),
+        seeds=tuple(seeds),
+        baseline=raw["baseline"],
+        reference=raw.get("reference"),
+        iters_scale=float(scale),
+        selection_set=selection,
+        test_sets=tuple(test_sets),
+        runs=runs,
+        threads=int(raw.get("threads", 1)),
+        jobs=int(raw.get("jobs", 1)),
+    )
+
+
+# ------------------------------------------------------------------------------------------ runs
+def experiment_name(study: Study, run: str, seed: int) -> str:
+    """BasicSR experiment name of a trained run."""
+    return f"study_{study.name}_{run}_s{seed}"
+
+
+def result_path(out: Path, run: str, seed: int) -> Path:
+    return out / "runs" / f"{run}_s{seed}.json"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[str, Any], float]:
+    """The resolved options of a trained run, and the iteration scale applied to its base options."""
+    assert run.options is not None
+    opt = load_options(run.options)
+    overrides = [f"{key}={json.dumps(value)}" for key, value in run.overrides.items()]
+    try:
+        opt = apply_overrides(opt, overrides, run.options)
+    except OptionsError as error:
+        raise StudyError(f"{study.path}: runs.{run.name}.set: {error}") from None
+    factor = study.iters_scale
+    if run.equal_time:
+        target = json.loads(result_path(out, run.equal_time["to"], seed).read_text())
+        reference = json.loads(result_path(out, run.equal_time["rate_from"], seed).read_text())
+        seconds_per_iter = reference["train_seconds"] / reference["iterations"]
+        base_iters = scale_iterations(opt, factor)["train"]["total_iter"]
+        factor *= target["train_seconds"] / seconds_per_iter / base_iters
+    opt = scale_iterations(opt, factor)
+    opt["name"] = experiment_name(study, run.name, seed)
+    opt["manual_seed"] = seed
+    return opt, factor
+
+
+def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
+    """Train one run to its end (resuming an interrupted one); returns its options and timing."""
+    opt, factor = run_options(study, run, seed, out)
+    options_file = out / "options" / f"{run.name}_s{seed}.yml"
+    options_file.parent.mkdir(parents=True, exist_ok=True)
+    options_file.write_text(
+        f"# {run.options}, study {study.path}, run {run.name}, seed {seed}, iterations x{factor:.4g}\n"
+        + yaml.safe_dump(opt, sort_keys=False),
+        encoding="utf-8",
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(study.threads), MKL_NUM_THREADS=str(study.threads))
+    log_file = out / "logs" / f"{run.name}_s{seed}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "erl_plugin.train", "-opt", str(options_file), "--auto_resume"]
+    started = time.time()
+    with open(log_file, "a", encoding="utf-8") as handle:
+        process = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
+    if process.returncode != 0:
+        raise RuntimeError(f"{run.name} seed {seed}: training exited {process.returncode}; see {log_file}")
+    experiment = Path("experiments") / opt["name"]
+    seconds = training_loop_seconds(experiment, started)
+    attempts = experiment / "study_attempts.json"
+    history = json.loads(attempts.read_text()) if attempts.is_file() else []
+    history.append(seconds)
+    _write_json(attempts, history)
+    return {
+        "options": opt,
+        "options_file": str(options_file),
+        "iterations": int(opt["train"]["total_iter"]),
+        "iters_factor": factor,
+        "train_seconds": float(sum(history)),  # BasicSR's loop, summed over attempts that finished
+        "attempts": len(history),
+        "experiment": str(experiment),
+        "validation": read_validation(experiment / "validation.jsonl"),
+    }
+
+
+def training_loop_seconds(experiment: Path, since: float) -> float:
+    """Seconds BasicSR's loop took ("Time consumed", validations included) in the newest log written after ``since``."""
+    logs = sorted((p for p in experiment.glob("train_*.log") if p.stat().st_mtime >= since), key=os.path.getmtime)
+    for log in reversed(logs):
+        found = _CONSUMED.findall(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            days, hours, minutes, seconds = (int(v or 0) for v in found[-1])
+            return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    raise RuntimeError(f"{experiment}: no 'End of training. Time consumed' in a log written by this run")
+
+
+def read_validation(path: Path) -> list[dict[str, Any]]:
+    """``validation.jsonl``: the last record per (iteration, dataset), by iteration."""
+    if not path.is_file():
+        return []
+    records: dict[tuple[int, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[(record["iter"], record["dataset"])] = record
+    return [records[key] for key in sorted(records)]
+
+
+def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, Any]:
+    """Per-image PSNR/SSIM (protocol ``basicsr``) of a checkpoint on the selection and test sets."""
+    from erl_plugin.evaluation import derain, load_network, score  # noqa: PLC0415 (torch only when scoring)
+
+    net = load_network(options_file, checkpoint)
+    scores: dict[str, Any] = {}
+    for data in study.sets:
+        images = {}
+        for name, rainy, clean in iterate_pairs(data):
+            result = score(derain(net, rainy), clean)
+            images[name] = {"psnr": result.psnr, "ssim": result.ssim}
+        scores[data["name"]] = {"protocol": PROTOCOL, "images": images}
+    return scores
+
+
+def iterate_pairs(data: Mapping[str, Any]) -> Any:
+    """``(name, rainy, clean)`` BGR uint8 images of a dataset section, in any layout DerainPairedDataset reads."""
+    from basicsr.utils import tensor2img  # noqa: PLC0415
+
+    from erl_plugin.data.derain_dataset import DerainPairedDataset  # noqa: PLC0415
+
+    section = {key: value for key, value in data.items() if key != "name"}
+    dataset = DerainPairedDataset({"phase": "test", "name": data["name"], **section})
+    for index in range(len(dataset)):
+        item = dataset[index]
+        name = os.path.splitext(os.path.basename(str(item["lq_path"])))[0]
+        yield name, tensor2img(item["lq"]), tensor2img(item["gt"])
+
+
+def rainy_scores(study: Study) -> dict[str, Any]:
+    """Scores of the rainy inputs themselves, per set."""
+    from erl_plugin.evaluation import score  # noqa: PLC0415
+
+    return {
+        data["name"]: {
+            "protocol": PROTOCOL,
+            "images": {
+                name: {"psnr": (s := score(rainy, clean)).psnr, "ssim": s.ssim}
+                for name, rainy, clean in iterate_pairs(data)
+            },
+        }
+        for data in study.sets
+    }
+
+
+def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
+    """Train (or take) one run's network, score it, and write its result file."""
+    if run.trained:
+        record = train(study, run, seed, out)
+        checkpoint = os.path.join(record["experiment"], "models", run.checkpoint)
+    else:
+        source = json.loads(result_path(out, run.from_run, seed).read_text())
+        record = {key: source[key] for key in ("options_file", "experiment")}
+        record.update(from_run=run.from_run, train_seconds=None, validation=[])
+        checkpoint = os.path.join(record["experiment"], "models", run.checkpoint)
+    record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
+    record["scores"] = score_sets(study, record["options_file"], checkpoint)
+    _write_json(result_path(out, run.name, seed), record)
+
+
+def pending_jobs(study: Study, out: Path) -> list[tuple[str, int]]:
+    """``(run, seed)`` pairs without a result file, run by run in the study's order (each over its seeds)."""
+    return [
+        (name, seed)
+        for name, run in study.runs.items()
+        for seed in run.seeds
+        if not result_path(out, name, seed).is_file()
+    ]
+
+
+def run_study(study: Study, out: Path, jobs: int | None = None, log: Callable[[str], None] = print) -> None:
+    """Run every missing ``(run, seed)``, ``jobs`` trainings at a time, dependencies first."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait  # noqa: PLC0415
+
+    jobs = jobs or study.jobs
+    pending = pending_jobs(study, out)
+    total = sum(len(run.seeds) for run in study.runs.values())
+    done = total - len(pending)
+    log(f"study {study.name}: {done} of {total} runs finished, {len(pending)} to go, {jobs} at a time -> {out}")
+    running: dict[Future, tuple[str, int, float]] = {}
+    failures = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            blocked = {(name, seed) for name, seed in pending} | {(n, s) for n, s, _ in running.values()}
+            for job in list(pending):
+                if len(running) >= jobs:
+                    break
+                name, seed = job
+                if any((dependency, seed) in blocked for dependency in study.runs[name].depends_on):
+                    continue
+                pending.remove(job)
+                log(f"[{done + len(running) + 1}/{total}] {name} seed {seed}: started")
+                running[pool.submit(complete_run, study, study.runs[name], seed, out)] = (
+                    name,
+                    seed,
+                    time.perf_counter(),
+                )
+            if not running:
+                failures.append(f"{[f'{n} s{s}' for n, s in pending]} wait on failed runs")
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, seed, started = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    failures.append(f"{name} seed {seed}: {error}")
+                    log(f"{name} seed {seed}: FAILED: {error}")
+                    continue
+                done += 1
+                result = json.loads(result_path(out, name, seed).read_text())
+                means = ", ".join(
+                    f"{s} {np.mean([v['psnr'] for v in r['images'].values()]):.2f} dB"
+                    for s, r in result["scores"].items()
+                )
+                log(f"[{done}/{total}] {name} seed {seed}: done in {time.perf_counter() - started:.0f} s; {means}")
+    if failures:
+        raise RuntimeError("; ".join(failures))
+
+
+# --------------------------------------------------------------------------------------- report
+def bootstrap_interval(
+    diff: np.ndarray, rng: np.random.Generator, samples: int = BOOTSTRAP_SAMPLES
+) -> tuple[float, float]:
+    """95% interval of the mean of ``diff`` (seeds x images), resampling seeds and images independently."""
+    seeds, images = diff.shape
+    seed_draws = rng.integers(0, seeds, (samples, seeds))
+    image_draws = rng.integers(0, images, (samples, images))
+    means = np.empty(samples)
+    for index in range(samples):
+        means[index] = diff[np.ix_(seed_draws[index], image_draws[index])].mean()
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def load_results(study: Study, out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """Finished result files, by run and seed."""
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for name in study.runs:
+        for seed in study.seeds:
+            path = result_path(out, name, seed)
+            if path.is_file():
+                results.setdefault(name, {})[seed] = json.loads(path.read_text())
+    return results
+
+
+def _matrix(runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int], data: str, metric: str) -> np.ndarray:
+    images = sorted(runs[seeds[0]]["scores"][data]["images"])
+    return np.array([[runs[s]["scores"][data]["images"][i][metric] for i in images] for s in seeds])
+
+
+def summarize(
+    study: Study, out: Path, rainy: Mapping[str, Any], domains: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
+    """The report's numbers: per set, domain group and run, means, spreads and paired differences to the baseline.
+
+    ``rainy`` holds the rainy inputs' scores (:func:`rainy_scores`), ``domains`` image -> rain domain per set.
+    """
+    results = load_results(study, out)
+    rng = np.random.default_rng(0)
+    summary: dict[str, Any] = {"sets": {}, "rainy": {}, "runs": {}}
+    for name, runs in results.items():
+        seconds = [r["train_seconds"] for r in runs.values() if r.get("train_seconds") is not None]
+        summary["runs"][name] = {
+            "label": study.runs[name].label,
+            "seeds": sorted(runs),
+            "iterations": sorted({r.get("iterations") for r in runs.values() if r.get("iterations")}),
+            "train_seconds_mean": float(np.mean(seconds)) if seconds else None,
+            "from_run": study.runs[name].from_run,
+        }
+    compared = [name for name in (study.baseline, study.reference) if name is not None]
+    for data in study.sets:
+        data_name = data["name"]
+        groups: dict[str, str | None] = {"all": None}
+        if domains and data_name in domains:
+            groups.update({domain: domain for domain in sorted(set(domains[data_name].values()))})
+
+        def kept(images: Sequence[str], domain: str | None, data_name: str = data_name) -> list[int]:
+            return [i for i, image in enumerate(images) if domain is None or domains[data_name].get(image) == domain]
+
+        inputs = rainy[data_name]["images"]
+        names = sorted(inputs)
+        summary["rainy"][data_name] = {
+            group: {
+                metric: float(np.mean([inputs[names[i]][metric] for i in kept(names, domain)]))
+                for metric in ("psnr", "ssim")
+            }
+            for group, domain in groups.items()
+        }
+        rows: dict[str, Any] = {}
+        for name, runs in results.items():
+            seeds = sorted(runs)
+            psnr, ssim = _matrix(runs, seeds, data_name, "psnr"), _matrix(runs, seeds, data_name, "ssim")
+            images = sorted(runs[seeds[0]]["scores"][data_name]["images"])
+            row: dict[str, Any] = {"seeds": seeds, "images": len(images), "groups": {}}
+            for group, domain in groups.items():
+                keep = kept(images, domain)
+                per_seed = psnr[:, keep].mean(axis=1)
+                entry: dict[str, Any] = {
+                    "psnr_mean": float(per_seed.mean()),
+                    "psnr_std": float(per_seed.std(ddof=1)) if len(seeds) > 1 else None,
+                    "ssim_mean": float(ssim[:, keep].mean()),
+                    "ssim_std": float(ssim[:, keep].mean(axis=1).std(ddof=1)) if len(seeds) > 1 else None,
+                    "per_seed_psnr": per_seed.tolist(),
+                    "vs": {},
+                }
+                for other in compared:
+                    paired = sorted(set(seeds) & set(results.get(other, {})))
+                    if other == name or not paired:
+                        continue
+                    diff = (
+                        _matrix(runs, paired, data_name, "psnr")[:, keep]
+                        - _matrix(results[other], paired, data_name, "psnr")[:, keep]
+                    )
+                    low, high = bootstrap_interval(diff, rng)
+                    entry["vs"][other] = {
+                        "delta": float(diff.mean()),
+                        "low": low,
+                        "high": high,
+                        "seeds": paired,
+                        "improved_share": float((diff.mean(axis=0) > 0).mean()),
+                    }
+                row["groups"][group] = entry
+            rows[name] = row
+        summary["sets"][data_name] = rows
+    return summary
+
+
+def _pm(mean: float, std: float | None, digits: int = 2) -> str:
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _delta(entry: Mapping[str, Any], name: str, other: str) -> tuple[str, str]:
+    if name == other:
+        return "(itself)", ""
+    found = entry["vs"].get(other)
+    if found is None:
+        return "", ""
+    seeds = f" ({len(found['seeds'])} seeds)" if len(found["seeds"]) != len(entry["per_seed_psnr"]) else ""
+    return (
+        f"{found['delta']:+.2f} [{found['low']:+.2f}, {found['high']:+.2f}]{seeds}",
+        f"{100 * found['improved_share']:.0f}%",
+    )
+
+
+def format_report(study: Study, summary: Mapping[str, Any], machine: str) -> str:
+    """The Markdown report: one table per set (and per domain group), then the runs' costs."""
+    compared = [name for name in (study.baseline, study.reference) if name is not None]
+    lines = [
+        f"# Study `{study.name}` ({study.path})",
+        "",
+        f"Machine: {machine}. Seeds: {list(study.seeds)} (a run may use fewer). Iteration scale: "
+        f"{study.iters_scale:g}. Protocol: {PROTOCOL} (BasicSR Y-channel PSNR/SSIM, crop_border 0), "
+        "PSNR and SSIM as mean ± standard deviation over seeds. Δ: the paired difference (by seed and "
+        f"image) to the named run, with a 95% bootstrap interval over seeds and images ({BOOTSTRAP_SAMPLES} "
+        "resamples); images improved: the share of images whose PSNR, averaged over seeds, beats that "
+        f"run's. `{study.selection_set['name']}` is the selection split (settings are chosen on it); the "
+        "others are test sets, never tuned on.",
+    ]
+    header = "".join(f" Δ PSNR vs `{other}` [95% CI] | improved |" for other in compared)
+    for data_name, rows in summary["sets"].items():
+        groups = next(iter(rows.values()))["groups"] if rows else {}
+        for group in groups:
+            inputs = summary["rainy"][data_name][group]
+            lines += ["", f"## `{data_name}`" + (f", {group} rain" if group != "all" else "")]
+            lines += [
+                "",
+                f"| run | seeds | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |{header}",
+                "| --- | --- | --- | --- |" + " --- | --- |" * len(compared),
+            ]
+            lines.append(f"| rainy input | - | {inputs['psnr']:.2f} | {inputs['ssim']:.4f} |" + " | |" * len(compared))
+            for name, row in rows.items():
+                entry = row["groups"][group]
+                cells = "".join(" {} | {} |".format(*_delta(entry, name, other)) for other in compared)
+                lines.append(
+                    f"| {study.runs[name].label} | {len(row['seeds'])} | {_pm(entry['psnr_mean'], entry['psnr_std'])} "
+                    f"| {_pm(entry['ssim_mean'], entry['ssim_std'], 4)} |{cells}"
+                )
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| run | iterations | training loop per run (BasicSR's time consumed, validation included; mean) |",
+        "| --- | --- | --- |",
+    ]
+    for run in summary["runs"].values():
+        seconds = run["train_seconds_mean"]
+        cost = f"{seconds / 60:.1f} min" if seconds is not None else f"(checkpoint of `{run['from_run']}`)"
+        lines.append(f"| {run['label']} | {', '.join(map(str, run['iterations'])) or '-'} | {cost} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_validation(study: Study, out: Path, path: Path) -> None:
+    """Validation PSNR against iteration, one panel per trained run, one line per seed."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    results = load_results(study, out)
+    trained = [name for name in study.runs if study.runs[name].trained and name in results]
+    columns = min(3, max(1, len(trained)))
+    rows = math.ceil(len(trained) / columns) or 1
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False, sharey=True)
+    for axis, name in zip(axes.flat, trained, strict=False):
+        for seed, result in sorted(results[name].items()):
+            points = [(r["iter"], r["metrics"].get(f"psnr_{PROTOCOL}")) for r in result["validation"]]
+            points = [(i, v) for i, v in points if v is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker=".", label=f"seed {seed}")
+        axis.set_title(study.runs[name].label, fontsize=9)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in axes[:, 0]:
+        axis.set_ylabel(f"val PSNR (dB, {PROTOCOL})")
+    for axis in list(axes.flat)[len(trained) :]:
+        axis.axis("off")
+    figure.suptitle(f"study {study.name}: validation PSNR on {study.selection_set['name']}", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def machine_description() -> str:
+    """CPU model and count, and the torch version."""
+    import torch  # noqa: PLC0415
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}"
+
+
+def domains_of(data: Mapping[str, Any]) -> dict[str, str] | None:
+    """Image name -> rain domain, from the ``synthesis.json`` beside a generalization split, if any."""
+    root = data.get("dataroot")
+    summary = Path(root).parent / "synthesis.json" if root else None
+    if summary is None or not summary.is_file():
+        return None
+    images = (json.loads(summary.read_text()).get(Path(root).name) or {}).get("images")
+    return {name: entry["domain"] for name, entry in images.items()} if images else None
+
+
+def write_report(study: Study, out: Path) -> Path:
+    """Write ``report.md``, ``report.json`` and ``validation.png`` into ``out``; returns the Markdown path."""
+    domains = {d["name"]: m for d in study.sets if (m := domains_of(d))}
+    rainy_file = out / "rainy_scores.json"
+    if not rainy_file.is_file():
+        _write_json(rainy_file, rainy_scores(study))
+    summary = summarize(study, out, json.loads(rainy_file.read_text()), domains)
+    machine = machine_description()
+    _write_json(out / "report.json", {"study": study.path, "machine": machine, **summary})
+    plot_validation(study, out, out / "validation.png")
+    report = out / "report.md"
+    report.write_text(
+        format_report(study, summary, machine) + "\n![validation PSNR](validation.png)\n", encoding="utf-8"
+    )
+    return report

@@ -1,0 +1,181 @@
+"""tools/study.py: iteration scaling, study files, the statistics, and a tiny study trained end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, run_python
+
+from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
+from erl_plugin.options import load_options
+from erl_plugin.study import (
+    StudyError,
+    bootstrap_interval,
+    format_report,
+    load_study,
+    result_path,
+    scale_iterations,
+    summarize,
+)
+
+STUDY = str(REPO / "tools/study.py")
+
+
+def test_scale_iterations_scales_every_count_together():
+    opt = scale_iterations(load_options(str(REPO / "options/study/erl.yml")), 0.5)
+    train = opt["train"]
+    assert train["stage_iters"] == [50, 250, 125, 125] and train["total_iter"] == 550
+    assert train["scheduler"]["milestones"] == [150, 212]
+    assert train["stage_options"]["teacher"]["scheduler"]["milestones"] == [30, 42]
+    assert train["stage_options"]["stage2"]["scheduler"]["milestones"] == [75]
+    assert opt["val"]["val_freq"] == 50 and opt["logger"]["save_checkpoint_freq"] == 125
+    tiny = scale_iterations(load_options(str(REPO / "options/study/memd.yml")), 0.001)
+    assert tiny["train"]["total_iter"] == 1 and tiny["train"]["scheduler"]["milestones"] == [1, 1]
+    with pytest.raises(StudyError, match="iters_scale 0 must be > 0"):
+        scale_iterations(opt, 0)
+
+
+def test_the_shipped_study_file_parses():
+    study = load_study(str(REPO / "options/study/fidelity.yml"))
+    assert study.baseline == "memd_equal_iters" and study.reference == "erl" and study.seeds == (0, 1, 2)
+    assert study.runs["memd_stage1"].depends_on == ("erl",)
+    assert study.runs["memd_equal_time"].depends_on == ("erl", "memd_equal_iters")
+    assert all(len(study.runs[name].seeds) == 3 for name in ("erl", "memd_equal_iters", "dt", "memd_equal_time"))
+    assert all(len(run.seeds) >= 2 for run in study.runs.values())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']"),
+        ({"baseline": "nothing"}, "baseline 'nothing' is not a run"),
+        ({"seeds": [1, 1]}, "repeat a seed"),
+        ({"runs": {"a": {"options": "nowhere.yml"}}}, "runs.a.options: nowhere.yml not found"),
+        ({"runs": {"a": {"from_run": "b"}}}, "depends on 'b', which is not a trained run"),
+        ({"runs": {"a": {"options": "OPT", "seeds": [5]}}}, "runs.a.seeds: [5] must be a non-empty subset"),
+        ({"runs": {"a": {"options": "OPT", "from_run": "a"}}}, "give either options"),
+        ({"runs": {"a": {"options": "OPT", "speed": 2}}}, "runs.a: unknown key(s) ['speed']"),
+    ],
+)
+def test_bad_study_files_are_refused_naming_the_key(tmp_path: Path, change: dict, message: str):
+    raw = {"name": "s", "seeds": [0], "baseline": "a", "selection_set": "val", "runs": {"a": {"options": "OPT"}}}
+    raw.update(change)
+    text = yaml.safe_dump(raw).replace("OPT", str(REPO / "options/study/memd.yml"))
+    path = tmp_path / "study.yml"
+    path.write_text(text)
+    with pytest.raises(StudyError) as error:
+        load_study(str(path))
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_bootstrap_interval_covers_a_clear_shift_and_zero_for_noise():
+    rng = np.random.default_rng(0)
+    shifted = 0.5 + rng.normal(0, 0.3, (3, 40))
+    low, high = bootstrap_interval(shifted, np.random.default_rng(1), samples=2000)
+    assert 0.3 < low < shifted.mean() < high < 0.7
+    low, high = bootstrap_interval(rng.normal(0, 0.3, (3, 40)), np.random.default_rng(1), samples=2000)
+    assert low < 0 < high
+
+
+def _fake_result(out: Path, run: str, seed: int, psnr: list[float]) -> None:
+    images = {f"rain-{i + 1}": {"psnr": value, "ssim": 0.5} for i, value in enumerate(psnr)}
+    record = {
+        "run": run,
+        "seed": seed,
+        "train_seconds": 60.0,
+        "iterations": 10,
+        "validation": [],
+        "scores": {"val": {"protocol": "basicsr", "images": images}},
+    }
+    path = result_path(out, run, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_summary_pairs_by_seed_and_image(tmp_path: Path):
+    memd = str(REPO / "options/study/memd.yml")
+    raw = {
+        "name": "s",
+        "seeds": [0, 1],
+        "baseline": "base",
+        "selection_set": "val=somewhere/val",
+        "runs": {"base": {"options": memd}, "better": {"options": memd}},
+    }
+    (tmp_path / "study.yml").write_text(yaml.safe_dump(raw))
+    study = load_study(str(tmp_path / "study.yml"))
+    for seed in (0, 1):
+        _fake_result(tmp_path, "base", seed, [20.0 + seed, 22.0, 24.0])
+        _fake_result(tmp_path, "better", seed, [20.5 + seed, 22.5, 23.9])
+    rainy = {"val": {"images": {f"rain-{i}": {"psnr": 15.0, "ssim": 0.4} for i in (1, 2, 3)}}}
+    summary = summarize(study, tmp_path, rainy)
+    better = summary["sets"]["val"]["better"]["groups"]["all"]
+    assert better["vs"]["base"]["delta"] == pytest.approx((0.5 + 0.5 - 0.1) / 3)
+    assert better["vs"]["base"]["improved_share"] == pytest.approx(2 / 3)
+    assert better["psnr_std"] == pytest.approx(np.std([66.9 / 3, 67.9 / 3], ddof=1))
+    report = format_report(study, summary, "test machine")
+    assert "| better | 2 | 22.47 ± 0.24 |" in report and "+0.30 [" in report and "| 67% |" in report
+    assert "protocol" in report.lower() and "| rainy input | - | 15.00 |" in report
+
+
+@pytest.mark.slow
+def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
+    splits = tmp_path / "datasets/rain_generalization"
+    synthesize_generalization_splits(
+        splits, val_per_photo=1, val_size=32, test_variants=1, test_max_side=64, progress=False
+    )
+    tiny_net = {"network_g.backbone.num_feat": 4, "network_g.backbone.num_dense_layers": 1,
+                "network_g.backbone.growth_rate": 4}  # fmt: skip
+    erl, memd = str(REPO / "options/study/erl.yml"), str(REPO / "options/study/memd.yml")
+    study = {
+        "name": "tiny",
+        "seeds": [0],
+        "baseline": "memd",
+        "iters_scale": 0.006,  # ERL-Net: stages 1/3/2/2, MEMD 6 iterations
+        "jobs": 2,
+        "selection_set": {"name": "val", "layout": "rain100h", "dataroot": str(splits / "val")},
+        "test_sets": [{"name": "test", "layout": "rain100h", "dataroot": str(splits / "test")}],
+        "runs": {
+            "erl": {"options": erl, "set": tiny_net},
+            "memd": {"options": memd, "set": {k.replace("backbone.", ""): v for k, v in tiny_net.items()}},
+            "stage1": {"from_run": "erl", "checkpoint": "memd_stage1.pth"},
+            "memd_time": {
+                "options": memd,
+                "set": {k.replace("backbone.", ""): v for k, v in tiny_net.items()},
+                "equal_time": {"to": "erl", "rate_from": "memd"},
+            },
+        },
+    }
+    (tmp_path / "study.yml").write_text(yaml.safe_dump(study, sort_keys=False))
+    extra = ["--data", f"extra={splits / 'test'}"]
+    first = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "0 of 4 runs finished, 4 to go, 2 at a time" in first.stdout and "[4/4]" in first.stdout
+    out = tmp_path / "studies/tiny"
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert sorted(results) == ["erl_s0", "memd_s0", "memd_time_s0", "stage1_s0"]
+    assert set(results["erl_s0"]["scores"]) == {"val", "test", "extra"}
+    assert len(results["erl_s0"]["scores"]["test"]["images"]) == 4
+    assert results["erl_s0"]["validation"] and results["erl_s0"]["train_seconds"] >= 0
+    assert results["stage1_s0"]["checkpoint"].endswith("memd_stage1.pth")
+    assert results["memd_time_s0"]["iterations"] >= 1
+    report = (out / "report.md").read_text()
+    for text in (
+        "## `test`, shifted rain",
+        "## `test`, wide rain",
+        "## `extra`",
+        "Δ PSNR vs `memd`",
+        "Protocol: basicsr",
+    ):
+        assert text in report
+    assert (out / "validation.png").stat().st_size > 0
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    (out / "runs/memd_time_s0.json").unlink()  # as if the study had been killed during that run
+    second = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "3 of 4 runs finished, 1 to go" in second.stdout and "memd_time seed 0: started" in second.stdout
+    assert "erl seed 0: started" not in second.stdout
+    assert all(
+        (out / "runs" / name).stat().st_mtime_ns == mtime for name, mtime in kept.items() if name != "memd_time_s0.json"
+    )
