@@ -16,9 +16,9 @@ A study file (YAML) names the runs and how to compare them::
       memd_stage1:                        # not trained: another run's checkpoint
         from_run: erl
         checkpoint: memd_stage1.pth
-      memd_equal_time:                    # trained for the wall clock of another run
+      memd_equal_time:                    # trained for the CPU time of another run
         options: options/study/memd.yml
-        equal_time: {to: erl, rate_from: memd_equal_iters}
+        equal_time: {to: erl, rate_from: memd_equal_iters}   # iterations = erl's CPU s / memd's CPU s per iter
 
 Every trained run is a real ``python -m erl_plugin.train ... --auto_resume`` process (one thread per run
 by default, ``jobs`` at a time), named ``study_<study>_<run>_s<seed>`` under ``experiments/``. When it
@@ -279,9 +279,11 @@ def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[
     if run.equal_time:
         target = json.loads(result_path(out, run.equal_time["to"], seed).read_text())
         reference = json.loads(result_path(out, run.equal_time["rate_from"], seed).read_text())
-        seconds_per_iter = reference["train_seconds"] / reference["iterations"]
+        # CPU seconds of the training processes (one thread each): the cost on a machine of one's own,
+        # unmoved by what else shares this one.
+        seconds_per_iter = reference["cpu_seconds"] / reference["iterations"]
         base_iters = scale_iterations(opt, factor)["train"]["total_iter"]
-        factor *= target["train_seconds"] / seconds_per_iter / base_iters
+        factor *= target["cpu_seconds"] / seconds_per_iter / base_iters
     opt = scale_iterations(opt, factor)
     opt["name"] = experiment_name(study, run.name, seed)
     opt["manual_seed"] = seed
@@ -304,21 +306,28 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "erl_plugin.train", "-opt", str(options_file), "--auto_resume"]
     started = time.time()
     with open(log_file, "a", encoding="utf-8") as handle:
-        process = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
-    if process.returncode != 0:
-        raise RuntimeError(f"{run.name} seed {seed}: training exited {process.returncode}; see {log_file}")
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
+    returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
+        raise RuntimeError(f"{run.name} seed {seed}: training exited {returncode}; see {log_file}")
     experiment = Path("experiments") / opt["name"]
-    seconds = training_loop_seconds(experiment, started)
+    attempt = {
+        "loop_seconds": training_loop_seconds(experiment, started),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }
     attempts = experiment / "study_attempts.json"
     history = json.loads(attempts.read_text()) if attempts.is_file() else []
-    history.append(seconds)
+    history.append(attempt)
     _write_json(attempts, history)
     return {
         "options": opt,
         "options_file": str(options_file),
         "iterations": int(opt["train"]["total_iter"]),
         "iters_factor": factor,
-        "train_seconds": float(sum(history)),  # BasicSR's loop, summed over attempts that finished
+        # Summed over the attempts that finished (a killed attempt's time is not known).
+        "train_seconds": float(sum(a["loop_seconds"] for a in history)),
+        "cpu_seconds": float(sum(a["cpu_seconds"] for a in history)),
         "attempts": len(history),
         "experiment": str(experiment),
         "validation": read_validation(experiment / "validation.jsonl"),
@@ -401,7 +410,7 @@ def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
     else:
         source = json.loads(result_path(out, run.from_run, seed).read_text())
         record = {key: source[key] for key in ("options_file", "experiment")}
-        record.update(from_run=run.from_run, train_seconds=None, validation=[])
+        record.update(from_run=run.from_run, train_seconds=None, cpu_seconds=None, validation=[])
         checkpoint = os.path.join(record["experiment"], "models", run.checkpoint)
     record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
     record["scores"] = score_sets(study, record["options_file"], checkpoint)
@@ -510,11 +519,13 @@ def summarize(
     summary: dict[str, Any] = {"sets": {}, "rainy": {}, "runs": {}}
     for name, runs in results.items():
         seconds = [r["train_seconds"] for r in runs.values() if r.get("train_seconds") is not None]
+        cpu = [r["cpu_seconds"] for r in runs.values() if r.get("cpu_seconds") is not None]
         summary["runs"][name] = {
             "label": study.runs[name].label,
             "seeds": sorted(runs),
             "iterations": sorted({r.get("iterations") for r in runs.values() if r.get("iterations")}),
             "train_seconds_mean": float(np.mean(seconds)) if seconds else None,
+            "cpu_seconds_mean": float(np.mean(cpu)) if cpu else None,
             "from_run": study.runs[name].from_run,
         }
     compared = [name for name in (study.baseline, study.reference) if name is not None]
@@ -629,12 +640,16 @@ def format_report(study: Study, summary: Mapping[str, Any], machine: str) -> str
         "",
         "## Cost",
         "",
-        "| run | iterations | training loop per run (BasicSR's time consumed, validation included; mean) |",
-        "| --- | --- | --- |",
+        "| run | iterations | training loop (BasicSR's time consumed, validation included) | CPU time of the "
+        "training process |",
+        "| --- | --- | --- | --- |",
     ]
     for run in summary["runs"].values():
-        seconds = run["train_seconds_mean"]
-        cost = f"{seconds / 60:.1f} min" if seconds is not None else f"(checkpoint of `{run['from_run']}`)"
+        seconds, cpu = run["train_seconds_mean"], run["cpu_seconds_mean"]
+        if seconds is None:
+            cost = f"(checkpoint of `{run['from_run']}`) | "
+        else:
+            cost = f"{seconds / 60:.1f} min | " + (f"{cpu / 60:.1f} min" if cpu is not None else "")
         lines.append(f"| {run['label']} | {', '.join(map(str, run['iterations'])) or '-'} | {cost} |")
     return "\n".join(lines) + "\n"
 

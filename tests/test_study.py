@@ -85,6 +85,7 @@ def _fake_result(out: Path, run: str, seed: int, psnr: list[float]) -> None:
         "run": run,
         "seed": seed,
         "train_seconds": 60.0,
+        "cpu_seconds": 55.0,
         "iterations": 10,
         "validation": [],
         "scores": {"val": {"protocol": "basicsr", "images": images}},
@@ -158,6 +159,7 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     assert set(results["erl_s0"]["scores"]) == {"val", "test", "extra"}
     assert len(results["erl_s0"]["scores"]["test"]["images"]) == 4
     assert results["erl_s0"]["validation"] and results["erl_s0"]["train_seconds"] >= 0
+    assert results["erl_s0"]["cpu_seconds"] > 0
     assert results["stage1_s0"]["checkpoint"].endswith("memd_stage1.pth")
     assert results["memd_time_s0"]["iterations"] >= 1
     report = (out / "report.md").read_text()
