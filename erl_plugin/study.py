@@ -170,8 +170,14 @@ def _data_set(entry: Any, where: str, path: str) -> dict[str, Any]:
     return dict(entry)
 
 
-def load_study(path: str, extra_test_sets: Sequence[str] = ()) -> Study:
-    """Parse and check a study file; ``extra_test_sets`` are ``[NAME=]FOLDER`` (Rain100H layouts)."""
+def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: float | None = None) -> Study:
+    """Parse and check a study file.
+
+    Args:
+        path: The study file.
+        extra_test_sets: More test sets, ``[NAME=]FOLDER`` (either Rain100H form).
+        iters_scale: Replaces the file's ``iters_scale`` (e.g. to try a study quickly).
+    """
     raw = load_yaml(path, "study")
     if not isinstance(raw, Mapping):
         raise StudyError(f"{path}: expected a mapping at the top level")
@@ -225,7 +231,7 @@ def load_study(path: str, extra_test_sets: Sequence[str] = ()) -> Study:
     for key in ("baseline", "reference"):
         if raw.get(key) is not None and raw[key] not in runs:
             raise StudyError(f"{path}: {key} {raw[key]!r} is not a run; runs: {sorted(runs)}")
-    scale = raw.get("iters_scale", 1.0)
+    scale = raw.get("iters_scale", 1.0) if iters_scale is None else iters_scale
     if not isinstance(scale, int | float) or not scale > 0:
         raise StudyError(f"{path}: iters_scale {scale!r} must be a number > 0")
     test_sets = [_data_set(s, f"test_sets[{i}]", path) for i, s in enumerate(raw.get("test_sets") or [])]
@@ -251,8 +257,9 @@ def load_study(path: str, extra_test_sets: Sequence[str] = ()) -> Study:
 
 # ------------------------------------------------------------------------------------------ runs
 def experiment_name(study: Study, run: str, seed: int) -> str:
-    """BasicSR experiment name of a trained run."""
-    return f"study_{study.name}_{run}_s{seed}"
+    """BasicSR experiment name of a trained run (with the iteration scale when it is not 1)."""
+    scale = "" if study.iters_scale == 1 else f"_x{study.iters_scale:g}"
+    return f"study_{study.name}_{run}_s{seed}{scale}"
 
 
 def result_path(out: Path, run: str, seed: int) -> Path:
@@ -427,10 +434,26 @@ def pending_jobs(study: Study, out: Path) -> list[tuple[str, int]]:
     ]
 
 
+def claim_folder(study: Study, out: Path) -> None:
+    """Record the study and its iteration scale in ``<out>/study.json``; refuse a folder of another scale."""
+    marker = out / "study.json"
+    current = {"study": study.name, "iters_scale": study.iters_scale}
+    if marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded != current:
+            raise StudyError(
+                f"{out} holds study {recorded['study']!r} at iters_scale {recorded['iters_scale']}, not "
+                f"{study.name!r} at {study.iters_scale}: give another --out, or delete {out} to start over"
+            )
+        return
+    _write_json(marker, current)
+
+
 def run_study(study: Study, out: Path, jobs: int | None = None, log: Callable[[str], None] = print) -> None:
     """Run every missing ``(run, seed)``, ``jobs`` trainings at a time, dependencies first."""
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait  # noqa: PLC0415
 
+    claim_folder(study, out)
     jobs = jobs or study.jobs
     pending = pending_jobs(study, out)
     total = sum(len(run.seeds) for run in study.runs.values())
@@ -654,6 +677,33 @@ def format_report(study: Study, summary: Mapping[str, Any], machine: str) -> str
     return "\n".join(lines) + "\n"
 
 
+def headline(study: Study, summary: Mapping[str, Any]) -> list[str]:
+    """One line per run and test set: its paired difference to the baseline on the whole set."""
+    lines = []
+    base = study.runs[study.baseline].label
+    for data in study.test_sets:
+        for name, row in summary["sets"][data["name"]].items():
+            found = row["groups"]["all"]["vs"].get(study.baseline)
+            if found is not None:
+                lines.append(
+                    f"{study.runs[name].label} - {base}: {found['delta']:+.2f} dB PSNR [95% CI {found['low']:+.2f}, "
+                    f"{found['high']:+.2f}] on {data['name']} ({PROTOCOL} protocol, {len(found['seeds'])} seed(s))"
+                )
+    return lines
+
+
+def short_of_gain(study: Study, summary: Mapping[str, Any], min_gain_db: float) -> list[str]:
+    """Runs whose mean PSNR on a test set beats the rainy input by less than ``min_gain_db``."""
+    short = []
+    for data in study.test_sets:
+        rainy = summary["rainy"][data["name"]]["all"]["psnr"]
+        for name, row in summary["sets"][data["name"]].items():
+            gain = row["groups"]["all"]["psnr_mean"] - rainy
+            if gain < min_gain_db:
+                short.append(f"{name} gains {gain:+.2f} dB over the rainy input on {data['name']}")
+    return short
+
+
 def plot_validation(study: Study, out: Path, path: Path) -> None:
     """Validation PSNR against iteration, one panel per trained run, one line per seed."""
     import matplotlib  # noqa: PLC0415
@@ -710,8 +760,9 @@ def domains_of(data: Mapping[str, Any]) -> dict[str, str] | None:
     return {name: entry["domain"] for name, entry in images.items()} if images else None
 
 
-def write_report(study: Study, out: Path) -> Path:
-    """Write ``report.md``, ``report.json`` and ``validation.png`` into ``out``; returns the Markdown path."""
+def write_report(study: Study, out: Path) -> tuple[Path, dict[str, Any]]:
+    """Write ``report.md``, ``report.json`` and ``validation.png`` into ``out``; returns the Markdown path and
+    the summary."""
     domains = {d["name"]: m for d in study.sets if (m := domains_of(d))}
     rainy_file = out / "rainy_scores.json"
     if not rainy_file.is_file():
@@ -724,4 +775,4 @@ def write_report(study: Study, out: Path) -> Path:
     report.write_text(
         format_report(study, summary, machine) + "\n![validation PSNR](validation.png)\n", encoding="utf-8"
     )
-    return report
+    return report, summary

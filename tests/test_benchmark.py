@@ -48,11 +48,13 @@ def test_fast_setting_is_named_after_what_it_turns_on() -> None:
     assert fast_setting("fp16", False, {}).name == "fp16 + compile"
 
 
-def test_loader_benchmark_covers_folders_and_lmdb() -> None:
-    result = loader_benchmark(patch=16, workers=(0,), images=2, batch=1, batches=2)
-    assert set(result["patches_per_s"]) == {"folder, 0 workers", "lmdb, 0 workers"}
+def test_loader_benchmark_covers_folders_lmdb_and_rain_on_the_fly() -> None:
+    result = loader_benchmark(patch=16, workers=(0, 1), images=2, batch=1, batches=2)
+    sources = ("folder", "lmdb", "on the fly (wide rain)")
+    assert set(result["patches_per_s"]) == {f"{source}, {n} workers" for source in sources for n in (0, 1)}
     assert all(rate > 0 for rate in result["patches_per_s"].values())
-    assert "| lmdb, 0 workers |" in loader_markdown(result, "CPU")
+    table = loader_markdown(result, "CPU")
+    assert "| lmdb, 0 workers |" in table and "| on the fly (wide rain), 1 workers |" in table
 
 
 def test_one_command_writes_json_and_markdown(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from erl_plugin.options import OptionsError
-from erl_plugin.study import StudyError, load_study, run_study, write_report
+from erl_plugin.study import StudyError, headline, load_study, run_study, short_of_gain, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,24 +31,35 @@ def main(argv: list[str] | None = None) -> int:
         help="another test set, in either Rain100H form (repeatable)",
     )
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
+    parser.add_argument(
+        "--iters-scale", type=float, help="replace the study's iters_scale (a study folder keeps one scale)"
+    )
+    parser.add_argument(
+        "--min-gain-db",
+        type=float,
+        help="exit 1 unless every run beats the rainy input by this PSNR on every test set",
+    )
     args = parser.parse_args(argv)
     try:
-        study = load_study(args.study, args.data)
+        study = load_study(args.study, args.data, args.iters_scale)
+        out = Path(args.out or Path("studies") / study.name)
+        if not args.report_only:
+            run_study(study, out, args.jobs)
     except (StudyError, OptionsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("studies") / study.name)
-    status = 0
-    if not args.report_only:
-        try:
-            run_study(study, out, args.jobs)
-        except RuntimeError as error:
-            print(f"error: {error}", file=sys.stderr)
-            status = 1
-    report = write_report(study, out)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    report, summary = write_report(study, out)
     print(report.read_text(encoding="utf-8"))
-    print(f"report: {report}")
-    return status
+    print("\n".join(headline(study, summary)))
+    print(f"report: {report} (plot: {report.with_name('validation.png')})")
+    short = short_of_gain(study, summary, args.min_gain_db) if args.min_gain_db is not None else []
+    if short:
+        print(f"error: {'; '.join(short)} (--min-gain-db {args.min_gain_db})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
