@@ -36,6 +36,10 @@ dist_validation           ``dist_validation`` validates on rank 0 while the othe
                           Here: sharded over the ranks (:mod:`erl_plugin.models.validation`).
 no_force_yml              ``--force_yml`` applies overrides with ``exec`` (and lists with
                           ``eval``): refused, with a pointer to ``erl-train --set``.
+safe_yaml                 ``parse_options`` reads the options file with PyYAML's full
+                          ``Loader``, so a ``!!python/object/apply`` tag runs code. Here: the
+                          file is checked as ``erl-train`` checks it (same message, exit 2) and
+                          read with a safe loader.
 ========================  =====================================================================
 
 The functional_tensor patch runs before anything of basicsr is imported; the others patch basicsr
@@ -113,6 +117,31 @@ def _always() -> bool:
 _TRAIN_SCRIPT = os.path.join("basicsr", "train.py")
 _script_swaps: dict[str, Callable[..., Any]] = {}
 _refuse_force_yml = False
+_check_yaml = False
+
+
+def _options_file(argv: list[str]) -> str | None:
+    """The ``-opt`` value of BasicSR's command line, read as BasicSR's own parser reads it."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-opt")
+    known, _ = parser.parse_known_args(argv)
+    return known.opt
+
+
+def _refuse_unsafe_options(argv: list[str]) -> None:
+    """Exit (status 2) with erl-train's message when the options file is not plain YAML."""
+    path = _options_file(argv)
+    if path is None:
+        return
+    from erl_plugin.options import OptionsError, load_yaml  # noqa: PLC0415 (the plugin is loaded by now)
+
+    try:
+        load_yaml(path, "options")
+    except OptionsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _wrap_parse_options() -> None:
@@ -137,6 +166,8 @@ def _wrap_parse_options() -> None:
                 "error: --force_yml applies overrides with exec, which erl_plugin refuses; use "
                 "erl-train -opt FILE --set key.sub=value (YAML values, never run as code)"
             )
+        if _check_yaml:
+            _refuse_unsafe_options(sys.argv[1:])
         caller = sys._getframe(1).f_globals
         for name, replacement in _script_swaps.items():
             current = caller.get(name)
@@ -241,6 +272,30 @@ def _no_force_yml() -> None:
     _wrap_parse_options()
 
 
+def _safe_yaml() -> None:
+    global _check_yaml
+    import yaml
+    from basicsr.utils import options
+
+    class SafeOrderedLoader(yaml.SafeLoader):
+        """PyYAML's safe loader, building mappings as OrderedDict as BasicSR's loader does."""
+
+    def ordered_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+        from collections import OrderedDict  # noqa: PLC0415
+
+        return OrderedDict(loader.construct_pairs(node))
+
+    SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, ordered_mapping)
+    upstream = options.ordered_yaml
+
+    def ordered_yaml() -> tuple[type, type]:
+        return SafeOrderedLoader, upstream()[1]
+
+    options.ordered_yaml = ordered_yaml
+    _check_yaml = True
+    _wrap_parse_options()
+
+
 def _lmdb_refuses_reopen() -> bool:
     import lmdb
 
@@ -284,6 +339,7 @@ POST_IMPORT = (
     Patch("safe_load", _always, _safe_load_network),
     Patch("dist_validation", _always, _sharded_dist_validation),
     Patch("no_force_yml", _always, _no_force_yml),
+    Patch("safe_yaml", _always, _safe_yaml),
 )
 PATCH_NAMES = tuple(p.name for p in PRE_IMPORT + POST_IMPORT)
 

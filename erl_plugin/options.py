@@ -41,6 +41,12 @@ def load_yaml(path: str, kind: str) -> Any:
     with open(path, encoding="utf-8") as handle:
         try:
             return yaml.safe_load(handle)
+        except yaml.constructor.ConstructorError as error:
+            where = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
+            raise OptionsError(
+                f"{path}{where}: refused: {error.problem}; a {kind} file holds plain YAML only (mappings, lists, "
+                "numbers, strings, !!float), never tags that construct Python objects or run code"
+            ) from None
         except yaml.YAMLError as error:
             raise OptionsError(f"{path}: not valid YAML: {error}") from None
 

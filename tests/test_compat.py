@@ -103,3 +103,25 @@ def test_lmdb_shared_between_training_and_validation(tmp_path: Path, tiny_lmdb: 
     )
     assert broken.returncode != 0
     assert "is already open in this process" in broken.stderr
+
+
+PAYLOAD = 'name: !!python/object/apply:os.system ["touch PWNED"]\nmodel_type: SRModel\n'
+
+
+@pytest.mark.slow
+def test_basicsr_scripts_refuse_options_that_run_code(tmp_path: Path) -> None:
+    """BasicSR's own parse_options reads YAML with PyYAML's unsafe loader; with the plugin its train.py and
+    test.py refuse the file as erl-train does, before anything runs; without the patch the payload runs."""
+    import sysconfig
+
+    scripts = Path(sysconfig.get_paths()["purelib"]) / "basicsr"
+    (tmp_path / "evil.yml").write_text(PAYLOAD)
+    expected = "error: evil.yml (line 1): refused: could not determine a constructor for the tag"
+    ours = run_python(["-m", "erl_plugin.train", "-opt", "evil.yml"], tmp_path)
+    assert ours.returncode == 2 and expected in ours.stderr and "never tags that construct Python" in ours.stderr
+    for script in ("train.py", "test.py"):
+        refused = run_python([str(scripts / script), "-opt", "evil.yml"], tmp_path)
+        assert refused.returncode == 2 and not (tmp_path / "PWNED").exists(), script
+        assert refused.stderr.strip().splitlines()[-1] == ours.stderr.strip().splitlines()[-1]
+    run_python([str(scripts / "train.py"), "-opt", "evil.yml"], tmp_path, {DISABLE: "safe_yaml"})
+    assert (tmp_path / "PWNED").exists(), "without the patch BasicSR runs the tag's code"
