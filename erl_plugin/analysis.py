@@ -39,6 +39,7 @@ from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
 from erl_plugin.data.lmdb_writer import read_image, write_image
 from erl_plugin.evaluation import side_by_side
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
+from erl_plugin.outputs import check_not_input
 
 DEFAULT_PROTOCOL = "paper"
 
@@ -368,7 +369,9 @@ def analyze(
     folders = {"baseline": baseline_dir, "erl": erl_dir, "clean": clean_dir}
     if rainy_dir is not None:
         folders["rainy"] = rainy_dir
-    names = matched_names([*folders.values(), *([masks_dir] if masks_dir is not None else [])])
+    sources = [*folders.values(), *([masks_dir] if masks_dir is not None else [])]
+    check_not_input(out_dir, sources, "--out")
+    names = matched_names(sources)
     results = []
     for name in tqdm(names, desc=f"analyze ({protocol})", unit="image", disable=not progress):
         images, rain = _load(name, folders, masks_dir, protocol)

@@ -22,6 +22,7 @@ from erl_plugin.data.lmdb_writer import read_image, write_image
 from erl_plugin.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.options import OptionsError, import_custom_modules, load_options
+from erl_plugin.outputs import check_not_input
 
 PROTOCOL = "basicsr"
 PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"
@@ -130,6 +131,9 @@ def evaluate(models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str
     Returns:
         Mean scores for ``"rainy input"`` and each label.
     """
+    check_not_input(
+        out_dir, [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))], "--out"
+    )
     nets = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
     pairs = raintrainh_pairs(data_dir)
     shown = set(np.linspace(0, len(pairs) - 1, min(show, len(pairs))).round().astype(int).tolist())

@@ -26,6 +26,7 @@ from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
+from erl_plugin.outputs import check_not_input
 from erl_plugin.speed import PRECISIONS, autocast, check_compile, memory_format, prepare_network, resolve_precision
 
 __all__ = [
@@ -304,6 +305,7 @@ def derain_paths(
     """
     _check_tiling(tile, overlap)
     dtype = resolve_precision(precision, device)
+    check_not_input(out_dir, inputs, "output folder")
     plan = _plan(collect_images(inputs), Path(out_dir), side_by_side)
     compile_options = check_compile(compile)
     net = prepare_network(net, torch.device(device), channels_last, compile_options)

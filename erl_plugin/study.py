@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ import numpy as np
 import yaml
 
 from erl_plugin.options import OptionsError, apply_overrides, load_options, load_yaml
+from erl_plugin.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
 BOOTSTRAP_SAMPLES = 10000
@@ -436,6 +438,7 @@ def pending_jobs(study: Study, out: Path) -> list[tuple[str, int]]:
 
 def claim_folder(study: Study, out: Path) -> None:
     """Record the study and its iteration scale in ``<out>/study.json``; refuse a folder of another scale."""
+    check_not_input(out, [data["dataroot"] for data in study.sets if data.get("dataroot")], "study folder")
     marker = out / "study.json"
     current = {"study": study.name, "iters_scale": study.iters_scale}
     if marker.is_file():
@@ -451,10 +454,12 @@ def claim_folder(study: Study, out: Path) -> None:
 
 def run_study(study: Study, out: Path, jobs: int | None = None, log: Callable[[str], None] = print) -> None:
     """Run every missing ``(run, seed)``, ``jobs`` trainings at a time, dependencies first."""
-    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait  # noqa: PLC0415
+    with output_lock(out):
+        claim_folder(study, out)
+        _run_jobs(study, out, jobs or study.jobs, log)
 
-    claim_folder(study, out)
-    jobs = jobs or study.jobs
+
+def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) -> None:
     pending = pending_jobs(study, out)
     total = sum(len(run.seeds) for run in study.runs.values())
     done = total - len(pending)

@@ -63,11 +63,16 @@ def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
     summary = (tmp_path / "out/summary.md").read_text()
     assert f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
     assert format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out in ("test", ".", "test/results"):  # is, holds, lies inside the test data
+        with pytest.raises(ValueError, match="--out .* the input"):
+            evaluate(models, str(tmp_path / "test"), str(tmp_path / out))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_evaluate_tool_reports_bad_input(tmp_path: Path) -> None:
     model = ["--model", "MEMD", str(REPO / "options/memd_demo.yml"), "nowhere.pth"]
-    result = run_python([str(REPO / "tools/evaluate.py"), *model, "--data", str(tmp_path), "--out", "o"], tmp_path)
+    result = run_python([str(REPO / "tools/evaluate.py"), *model, "--data", "data", "--out", "o"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "nowhere.pth" in result.stderr

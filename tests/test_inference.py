@@ -73,9 +73,10 @@ def test_formats_are_kept(tmp_path: Path) -> None:
         "gray.png": scene(40, 56)[..., 0],
         "alpha.png": np.dstack([scene(40, 56), scene(40, 56, seed=1)[..., :1]]),
     }
+    (tmp_path / "in").mkdir()
     for name, image in images.items():
-        cv2.imwrite(str(tmp_path / name), image)
-    derain_paths(tiny_memd(), [tmp_path], tmp_path / "out", progress=False)
+        cv2.imwrite(str(tmp_path / "in" / name), image)
+    derain_paths(tiny_memd(), [tmp_path / "in"], tmp_path / "out", progress=False)
     for name, image in images.items():
         out = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
         assert (out.shape, out.dtype) == (image.shape, image.dtype), name
@@ -108,14 +109,27 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path: Path) -> None:
     assert f"skipped {source / 'c.jpg'}: " in report.summary()
 
 
-def test_output_folder_of_an_input_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("inputs", "output", "message"),
+    [
+        (["."], "sub/..", "is the input"),
+        (["a.png"], "sub/..", "holds the input"),
+        (["."], "derained", "lies inside the input"),
+        (["photos"], ".", "holds the input"),
+        (["photos/b.png"], ".", "holds the input"),
+    ],
+)
+def test_an_output_folder_that_is_holds_or_lies_in_an_input_is_refused(
+    tmp_path: Path, inputs: list[str], output: str, message: str
+) -> None:
     cv2.imwrite(str(tmp_path / "a.png"), scene(32, 32))
-    before = (tmp_path / "a.png").read_bytes()
-    for inputs in ([tmp_path], [tmp_path / "a.png"]):
-        with pytest.raises(ValueError, match="folder of input"):
-            derain_paths(tiny_memd(), inputs, tmp_path / "sub" / "..", progress=False)
-    assert [path.name for path in tmp_path.iterdir()] == ["a.png"]
-    assert (tmp_path / "a.png").read_bytes() == before
+    (tmp_path / "photos").mkdir()
+    cv2.imwrite(str(tmp_path / "photos/b.png"), scene(32, 32))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.png")}
+    with pytest.raises(ValueError, match=message):
+        derain_paths(tiny_memd(), [tmp_path / i for i in inputs], tmp_path / output, progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_dir()) == ["photos"]  # no output folder made
 
 
 def test_fp16_on_cpu_warns_and_runs_fp32(tmp_path: Path) -> None:

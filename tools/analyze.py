@@ -14,6 +14,7 @@ import sys
 
 from erl_plugin.analysis import DEFAULT_PROTOCOL, analyze, format_summary
 from erl_plugin.metrics.protocols import PROTOCOLS
+from erl_plugin.outputs import output_lock
 
 
 def main() -> int:
@@ -33,17 +34,18 @@ def main() -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
     try:
-        analysis = analyze(
-            args.baseline_dir,
-            args.erl_dir,
-            args.clean_dir,
-            args.rainy_dir,
-            out_dir=args.out,
-            protocol=args.protocol,
-            masks_dir=args.masks,
-            hardest=args.hardest,
-            progress=not args.no_progress,
-        )
+        with output_lock(args.out):
+            analysis = analyze(
+                args.baseline_dir,
+                args.erl_dir,
+                args.clean_dir,
+                args.rainy_dir,
+                out_dir=args.out,
+                protocol=args.protocol,
+                masks_dir=args.masks,
+                hardest=args.hardest,
+                progress=not args.no_progress,
+            )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import os
 import sys
 
 from erl_plugin.evaluation import PROTOCOL, evaluate, format_table
+from erl_plugin.outputs import output_lock
 
 
 def main() -> int:
@@ -34,7 +35,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     try:
-        means = evaluate([tuple(model) for model in args.model], args.data, args.out, show=args.show)
+        with output_lock(args.out):
+            means = evaluate([tuple(model) for model in args.model], args.data, args.out, show=args.show)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from erl_plugin.leaderboard import (
     write_leaderboard,
 )
 from erl_plugin.metrics.protocols import PROTOCOLS
+from erl_plugin.outputs import check_not_input, output_lock
 
 
 def main() -> int:
@@ -44,9 +45,12 @@ def main() -> int:
     args = parser.parse_args()
     try:
         models, test_sets = read_models(args.models), read_test_sets(args.testsets)
+        inputs = [args.models, args.testsets, *(t.dataroot for t in test_sets)]
+        check_not_input(args.out, inputs + [path for m in models for path in (m.options, m.checkpoint)], "--out")
         reported = read_reported(args.reported) if args.reported else []
-        rows = run_leaderboard(models, test_sets, args.protocols, args.device, progress=not args.no_progress)
-        paths = write_leaderboard(args.out, rows + reported, args.protocols, matrix=args.matrix)
+        with output_lock(args.out):
+            rows = run_leaderboard(models, test_sets, args.protocols, args.device, progress=not args.no_progress)
+            paths = write_leaderboard(args.out, rows + reported, args.protocols, matrix=args.matrix)
     except (OSError, ValueError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)

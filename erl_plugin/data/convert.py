@@ -43,9 +43,9 @@ from erl_plugin.data.lmdb_writer import (
     encode_png,
     image_shape,
     read_image,
-    staged_directory,
 )
 from erl_plugin.data.pair_list import PairListError, read_pair_list, write_pair_list
+from erl_plugin.outputs import staged_directory
 
 __all__ = ["ConversionError", "ConversionSummary", "DatasetReport", "convert_dataset", "make_keys", "verify_dataset"]
 
@@ -192,7 +192,7 @@ def convert_dataset(
     sources: list[str] = []
     skipped: list[tuple[str, str, str]] = []
     stored_gt: set[str] = set()
-    with staged_directory(dst, overwrite=overwrite) as stage:
+    with staged_directory(dst, overwrite=overwrite, inputs=[root], tool="create_lmdb") as stage:
         (stage / "lq.lmdb").mkdir()
         (stage / "gt.lmdb").mkdir()
         with (

@@ -5,7 +5,7 @@ The layout is the one basicsr's ``make_lmdb_from_imgs`` produces and ``paired_pa
 ``meta_info.txt`` with one line ``<key>.png (<h>,<w>,<c>) <compress_level>`` per image.
 
 Everything is written into a temporary sibling folder, re-opened read-only and verified, and only
-then renamed to the final name (see :func:`staged_directory`).
+then renamed to the final name (see :func:`erl_plugin.outputs.staged_directory`).
 
 Example:
     >>> write_image_lmdb([("0001", "rain-1.png"), ("0002", "rain-2.png")], "train/lq.lmdb")
@@ -17,9 +17,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -28,6 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from erl_plugin.outputs import staged_directory
+
 __all__ = [
     "ImageFileError",
     "ImageLmdbWriter",
@@ -35,7 +35,6 @@ __all__ = [
     "encode_png",
     "image_shape",
     "read_image",
-    "staged_directory",
     "write_image",
     "write_image_lmdb",
     "write_paired_lmdb",
@@ -101,50 +100,6 @@ def write_image(path: str, image: np.ndarray) -> None:
         raise OSError(f"{path}: could not write the image")
 
 
-@contextmanager
-def staged_directory(final: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``final`` that becomes ``final`` when the block succeeds.
-
-    The temporary folder is ``<final>.tmp-<pid>``. If the block raises (KeyboardInterrupt included) it
-    is deleted and ``final`` is left as it was. An existing ``final`` is replaced only on success.
-
-    Args:
-        final: Folder to create.
-        overwrite: Replace an existing non-empty ``final``. An existing empty folder is always replaced.
-
-    Raises:
-        FileExistsError: If ``final`` is a file, or a non-empty folder and ``overwrite`` is False.
-    """
-    final = Path(final)
-    if final.exists() and not final.is_dir():
-        raise FileExistsError(f"{final} exists and is not a folder; remove it or choose another path")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{final} already exists and is not empty; pass overwrite=True (--overwrite) to replace it"
-        )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    # Only an earlier process with this same pid can have left this folder behind.
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        yield temporary
-        if final.exists():
-            previous = final.with_name(f"{final.name}.old-{os.getpid()}")
-            os.rename(final, previous)
-            try:
-                os.rename(temporary, final)
-            except BaseException:
-                os.rename(previous, final)
-                raise
-            shutil.rmtree(previous)
-        else:
-            os.rename(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
 def write_image_lmdb(
     items: Iterable[tuple[str, str | os.PathLike[str]]],
     lmdb_path: str | os.PathLike[str],
@@ -178,9 +133,9 @@ def write_image_lmdb(
     lmdb_path = os.fspath(lmdb_path)
     _check_lmdb_path(lmdb_path)
     _check_compress_level(compress_level)
-    total = len(items) if isinstance(items, Sequence) else None
-    with staged_directory(lmdb_path, overwrite=overwrite) as temporary:
-        lines = _build_lmdb(items, temporary, compress_level, progress, total, None, lmdb_path)
+    items = list(items)
+    with staged_directory(lmdb_path, overwrite=overwrite, inputs=[path for _, path in items], tool="lmdb") as temporary:
+        lines = _build_lmdb(items, temporary, compress_level, progress, len(items), None, lmdb_path)
         _verify_lmdb(temporary, lines)
     return len(lines)
 
@@ -225,9 +180,10 @@ def write_paired_lmdb(
                 f"{image.shape[0]}x{image.shape[1]} (height x width must match)"
             )
 
+    sources = [path for _, lq, gt in pairs for path in (lq, gt)]
     with (
-        staged_directory(lq_path, overwrite=overwrite) as lq_temporary,
-        staged_directory(gt_path, overwrite=overwrite) as gt_temporary,
+        staged_directory(lq_path, overwrite=overwrite, inputs=sources, tool="lmdb") as lq_temporary,
+        staged_directory(gt_path, overwrite=overwrite, inputs=sources, tool="lmdb") as gt_temporary,
     ):
         lq_items = [(key, lq) for key, lq, _ in pairs]
         gt_items = [(key, gt) for key, _, gt in pairs]

@@ -39,7 +39,6 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 from tqdm import tqdm
 
-from erl_plugin.data.lmdb_writer import staged_directory
 from erl_plugin.data.synthetic_rain import (
     PRESETS,
     RainDataError,
@@ -50,6 +49,7 @@ from erl_plugin.data.synthetic_rain import (
     read_photos,
     write_png,
 )
+from erl_plugin.outputs import staged_directory
 
 __all__ = [
     "SKIMAGE_TEST_PHOTOS",
@@ -305,7 +305,8 @@ def synthesize_generalization_splits(
         "test": {"photos": list(SKIMAGE_TEST_PHOTOS), "domains": [train_domain, shifted_domain],
                  "max_side": test_max_side, "images": {}},
     }  # fmt: skip
-    with staged_directory(out_dir, overwrite=overwrite) as staging:
+    photos = os.path.dirname(skimage.data.__file__)
+    with staged_directory(out_dir, overwrite=overwrite, inputs=[photos], tool="synthesize_rain") as staging:
         val_dir, test_dir = staging / "val", staging / "test"
         val_dir.mkdir()
         test_dir.mkdir()

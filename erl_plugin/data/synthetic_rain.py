@@ -33,7 +33,8 @@ import skimage.data
 from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name, raintrainh_pairs
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image, staged_directory, write_paired_lmdb
+from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_paired_lmdb
+from erl_plugin.outputs import staged_directory
 
 __all__ = [
     "BLEND_MODES",
@@ -651,7 +652,8 @@ def synthesize_dataset(
         "train": {"sources": [name for name, _ in train_sources], "pairs": counts["train"]},
         "test": {"sources": [name for name, _ in test_sources], "pairs": counts["test"]},
     }
-    with staged_directory(out_dir, overwrite=overwrite) as staging:
+    sources = [source if source is not None else os.path.dirname(skimage.data.__file__)]
+    with staged_directory(out_dir, overwrite=overwrite, inputs=sources, tool="synthesize_rain") as staging:
         for split, pairs in (("train", train_pairs()), ("test", test_pairs())):
             split_dir = staging / split
             split_dir.mkdir()

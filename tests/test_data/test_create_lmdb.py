@@ -341,3 +341,44 @@ def test_verify_names_a_pair_key_missing_from_an_lmdb(tmp_path: Path) -> None:
     assert verify_dataset(tmp_path / "dst").problems == [
         f"{tmp_path / 'dst/pairs.txt'}: gt key 'gt__9_clean' is not in gt.lmdb"
     ]
+
+
+def _checksums(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("dst", ["src", ".", "src/lmdb"])
+def test_overwrite_onto_the_source_or_around_it_is_refused_and_loses_nothing(
+    tmp_path: Path, dst: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal without --overwrite used to lead straight to deleting the source with it."""
+    main = _tool_main()
+    layout, src, _ = _build("raindrop", tmp_path)
+    before = _checksums(tmp_path)
+    for flags in ([], ["--overwrite"]):
+        assert main(["--layout", layout, str(src), str(tmp_path / dst), "--no-progress", *flags]) == 2
+        error = capsys.readouterr().err
+        assert "the input" in error and str(src) in error
+    assert _checksums(tmp_path) == before
+
+
+def test_a_concurrent_run_is_refused_and_an_interrupted_runs_leftovers_are_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = _tool_main()
+    layout, src, _ = _build("raindrop", tmp_path)
+    dst = tmp_path / "dst"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "dst.lock").write_text(f"{sleeper.pid}\n")  # a live run holds the output
+        assert main(["--layout", layout, str(src), str(dst), "--no-progress"]) == 2
+        assert f"another run (pid {sleeper.pid}) is writing {dst}" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (tmp_path / f"dst.tmp-{sleeper.pid}").mkdir()  # what a killed run leaves
+    assert main(["--layout", layout, str(src), str(dst), "--no-progress"]) == 0
+    notes = capsys.readouterr().err
+    assert f"removed {tmp_path / f'dst.tmp-{sleeper.pid}'}, left by an interrupted run" in notes
+    assert "taking it over" in notes
+    assert _leftovers(tmp_path) == ["dst"] and not (tmp_path / "dst.lock").exists()

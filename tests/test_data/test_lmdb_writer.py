@@ -10,6 +10,7 @@ from conftest import read_lmdb_images
 
 from erl_plugin.data import lmdb_writer
 from erl_plugin.data.lmdb_writer import ImageFileError, write_image_lmdb, write_paired_lmdb
+from erl_plugin.outputs import OutputError
 
 
 def _write(path: Path, image: np.ndarray) -> str:
@@ -110,10 +111,15 @@ def test_existing_target_refused_then_replaced_with_overwrite(tmp_path, images):
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert (target / "keep.txt").read_text() == "precious"
 
-    assert write_image_lmdb(images[:2], str(target), overwrite=True, progress=False) == 2
-    assert not (target / "keep.txt").exists()
-    assert sorted(read_lmdb_images(str(target))) == ["0001", "0002"]
-    assert _leftovers(tmp_path) == []
+    # --overwrite replaces only what the tools wrote: a folder of the user's is never deleted.
+    with pytest.raises(OutputError, match="was not written by this project"):
+        write_image_lmdb(images[:2], str(target), overwrite=True, progress=False)
+    assert (target / "keep.txt").read_text() == "precious"
+    written = tmp_path / "written.lmdb"
+    write_image_lmdb(images, str(written), progress=False)
+    assert write_image_lmdb(images[:2], str(written), overwrite=True, progress=False) == 2
+    assert sorted(read_lmdb_images(str(written))) == ["0001", "0002"]
+    assert _leftovers(tmp_path) == [] and not list(tmp_path.glob("*.lock"))
 
 
 def test_failed_overwrite_keeps_the_old_lmdb(tmp_path, images):

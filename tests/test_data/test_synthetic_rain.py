@@ -225,9 +225,23 @@ def test_existing_out_dir_refused_and_unchanged(tmp_path, source_dir):
         synthesize_dataset(out, source=source_dir, num_test_sources=1, **SMALL)
     assert _files(out) == {"keep.txt": b"precious"}
 
-    synthesize_dataset(out, source=source_dir, num_test_sources=1, overwrite=True, **SMALL)
-    assert not (out / "keep.txt").exists() and (out / "synthesis.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "photos"]
+    with pytest.raises(FileExistsError, match="was not written by this project"):
+        synthesize_dataset(out, source=source_dir, num_test_sources=1, overwrite=True, **SMALL)
+    assert _files(out) == {"keep.txt": b"precious"}
+    ours = tmp_path / "ours"
+    synthesize_dataset(ours, source=source_dir, num_test_sources=1, **SMALL)
+    synthesize_dataset(ours, source=source_dir, num_test_sources=1, overwrite=True, seed=1, **SMALL)
+    assert json.loads((ours / "synthesis.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "ours", "photos"]
+
+
+@pytest.mark.parametrize("out", [".", "photos", "photos/inside"])
+def test_an_output_that_is_holds_or_lies_in_the_source_is_refused_even_with_overwrite(tmp_path, source_dir, out):
+    before = _files(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=f"the input {source_dir}"):
+            synthesize_dataset(tmp_path / out, source=source_dir, num_test_sources=1, overwrite=overwrite, **SMALL)
+    assert _files(tmp_path) == before
 
 
 def test_crash_mid_synthesis_leaves_no_dataset(tmp_path, source_dir, monkeypatch):
