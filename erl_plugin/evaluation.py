@@ -61,6 +61,24 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
     return net.eval()
 
 
+def checkpoint_from_options(opt_path: str, checkpoint: str | None) -> tuple[str, str]:
+    """``(checkpoint, param_key)``: the one given, else the options' ``path.pretrain_network_g`` and
+    ``path.param_key_g`` (default ``params``), as BasicSR's test.py reads them.
+
+    Raises:
+        OptionsError: Neither is set; the message says which to set.
+    """
+    path = load_options(opt_path).get("path") or {}
+    param_key = path.get("param_key_g") or "params"
+    if checkpoint is not None:
+        return checkpoint, param_key
+    if not path.get("pretrain_network_g"):
+        raise OptionsError(
+            f"{opt_path}: no checkpoint: give --checkpoint FILE, or set path.pretrain_network_g in the options"
+        )
+    return str(path["pretrain_network_g"]), param_key
+
+
 def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:
     """Derain one BGR uint8 image of any size, whole; returns a BGR uint8 image of the same size."""
     return derain_tiled(net, image, tile=None)

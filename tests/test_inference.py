@@ -1,5 +1,6 @@
 """Tiled inference and the derain tool: tiles match whole images, formats survive, bad files are skipped."""
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -180,3 +181,27 @@ def test_tool_names_a_checkpoint_that_does_not_fit(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert str(checkpoint) in result.stderr and "does not fit" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_tool_takes_the_checkpoint_from_the_options_as_basicsr_test_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("derain_tool", REPO / "tools/derain.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    opt, checkpoint = write_model(tmp_path)
+    torch.save({"params_ema": torch.load(checkpoint)["params"]}, tmp_path / "ema.pth")
+    cv2.imwrite(str(tmp_path / "in.png"), scene(32, 32))
+    options = {"network_g": {"type": "MEMD", **TINY}, "path": {"pretrain_network_g": str(tmp_path / "ema.pth")}}
+    (tmp_path / "from_options.yml").write_text(
+        yaml.safe_dump({**options, "path": {**options["path"], "param_key_g": "params_ema"}})
+    )
+    common = ["--input", str(tmp_path / "in.png"), "--no-progress", "--device", "cpu"]
+    assert tool.main(["--opt", str(tmp_path / "from_options.yml"), *common, "--output", str(tmp_path / "a")]) == 0
+    assert (
+        tool.main(["--opt", str(opt), "--checkpoint", str(checkpoint), *common, "--output", str(tmp_path / "b")]) == 0
+    )
+    assert (tmp_path / "a/in.png").read_bytes() == (tmp_path / "b/in.png").read_bytes()
+    capsys.readouterr()
+    assert tool.main(["--opt", str(opt), *common, "--output", str(tmp_path / "c")]) == 2
+    assert "no checkpoint: give --checkpoint FILE, or set path.pretrain_network_g" in capsys.readouterr().err

@@ -4,10 +4,14 @@ Large images go through in overlapping tiles (--tile, --overlap) unless --no-til
 non-recursively (png, jpg, jpeg, bmp, tif, tiff, webp). Unreadable files are skipped and listed at the
 end; the exit status is then 1 (0 when every file was derained, 2 on an error before any work).
 
-Example:
+Without --checkpoint, the network's weights come from the options' ``path.pretrain_network_g`` (with
+``path.param_key_g``), as BasicSR's test.py takes them.
+
+Examples:
     python tools/derain.py --opt options/erl_demo.yml \
         --checkpoint experiments/erl_demo/models/net_g_latest.pth \
         --input photos/ --output results/photos_derained --compare
+    python tools/derain.py --opt options/test/erl_demo.yml --input photos/ --output results/photos_derained
 """
 
 import argparse
@@ -15,14 +19,18 @@ import sys
 
 import torch
 
-from erl_plugin.evaluation import load_network
+from erl_plugin.evaluation import checkpoint_from_options, load_network
 from erl_plugin.inference import PRECISIONS, derain_paths
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Derain the inputs; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opt", required=True, help="options file whose network_g built the checkpoint")
-    parser.add_argument("--checkpoint", required=True, help="BasicSR checkpoint ({'params': state_dict})")
+    parser.add_argument(
+        "--checkpoint",
+        help="BasicSR checkpoint ({'params': state_dict}); default: the options' path.pretrain_network_g",
+    )
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders")
     parser.add_argument("--output", required=True, help="output folder (not the folder of an input)")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")
@@ -46,12 +54,13 @@ def main() -> int:
     )
     parser.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (rainy | derained)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     try:
-        net = load_network(args.opt, args.checkpoint)  # a bad checkpoint raises ValueError naming it
+        checkpoint, param_key = checkpoint_from_options(args.opt, args.checkpoint)
+        net = load_network(args.opt, checkpoint, param_key)  # a bad checkpoint raises ValueError naming it
         report = derain_paths(
             net,
             args.input,

@@ -35,7 +35,7 @@ Example:
     >>> out = net.decode(bottleneck + residual, skips, x)
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -77,16 +77,45 @@ class EncoderDecoder(Protocol):
         ...
 
 
+def as_feature_points(feature_info: object) -> list[FeaturePoint] | None:
+    """``feature_info`` as :class:`FeaturePoint` s: a list of them, or timm's list of dicts with ``num_chs``
+    and ``reduction`` (``module`` or ``name`` naming the point; ``point<i>`` when neither is given). None
+    for anything else."""
+    if not isinstance(feature_info, list):
+        return None
+    points = []
+    for index, point in enumerate(feature_info):
+        if isinstance(point, FeaturePoint):
+            points.append(point)
+        elif isinstance(point, Mapping) and all(
+            isinstance(point.get(key), int) and not isinstance(point.get(key), bool) for key in ("num_chs", "reduction")
+        ):
+            name = str(point.get("name") or point.get("module") or f"point{index}")
+            points.append(FeaturePoint(name, point["num_chs"], point["reduction"]))
+        else:
+            return None
+    return points
+
+
 def protocol_problems(net: object) -> list[str]:
-    """What ``net`` lacks to follow :class:`EncoderDecoder` (empty when it conforms)."""
+    """What ``net`` lacks to follow :class:`EncoderDecoder` (empty when it conforms).
+
+    A timm-style ``feature_info`` (dicts with ``num_chs`` and ``reduction``) is accepted and replaced on
+    ``net`` by the equivalent :class:`FeaturePoint` list.
+    """
     problems = [f"no callable {name}()" for name in ("encode", "decode") if not callable(getattr(net, name, None))]
-    feature_info = getattr(net, "feature_info", None)
-    if not isinstance(feature_info, list) or not all(isinstance(p, FeaturePoint) for p in feature_info):
-        problems.append("feature_info is not a list of FeaturePoint")
+    points = as_feature_points(getattr(net, "feature_info", None))
+    if points is None:
+        problems.append(
+            "feature_info is not a list of FeaturePoint (or of timm-style dicts with integer num_chs and reduction)"
+        )
+
     decoder_modules = getattr(net, "decoder_modules", None)
     modules = dict(net.named_modules()) if isinstance(net, nn.Module) else {}
     if not isinstance(decoder_modules, tuple) or not all(name and name in modules for name in decoder_modules):
         problems.append("decoder_modules is not a tuple naming submodules")
+    if not problems:
+        net.feature_info = points
     return problems
 
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 from unet_zoo import NAF_PATHS, UNET_SN, WRAPPED, TinyNAFNet, TinyNAFNetAdapter, plain_network
 
-from erl_plugin.archs import ERLNet
+from erl_plugin.archs import MEMD, ERLNet
 from erl_plugin.archs.adapters import ADAPTERS, UNetDiscriminatorSNAdapter
 from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.archs.protocol import FeaturePoint, RemovedModule
@@ -186,3 +187,32 @@ def test_compiled_wrapper_computes_what_the_eager_one_does(case: str) -> None:
     assert torch.allclose(out, net(x), atol=1e-6)
     (out.mean() + sum(f.mean() for f in features)).backward()
     assert all(p.grad is not None for p in net.residual_encoder.parameters())
+
+
+@ARCH_REGISTRY.register()
+class TimmStyleMEMD(MEMD):
+    """MEMD declaring ``feature_info`` as timm does: dicts of ``num_chs`` and ``reduction``."""
+
+    def __init__(self, keys: tuple[str, ...] = ("num_chs", "reduction"), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.feature_info = [
+            {key: getattr(point, key) for key in keys} | ({"module": point.name} if index == 0 else {})
+            for index, point in enumerate(self.feature_info)
+        ]
+
+
+def test_timm_style_feature_info_is_accepted_and_anything_else_refused() -> None:
+    tiny = {"num_feat": 4, "num_down": 2, "num_dense_layers": 1, "growth_rate": 4}
+    torch.manual_seed(0)
+    net = ERLNet({"type": "TimmStyleMEMD", **tiny}, entangle="mlgd").eval()
+    points = net.backbone.feature_info
+    assert all(isinstance(p, FeaturePoint) for p in points)
+    assert [p.name for p in points][1:] == [f"point{i}" for i in range(1, len(points))]
+    assert points[0].name == MEMD(**tiny).feature_info[0].name
+    torch.manual_seed(0)
+    plain = MEMD(**tiny).eval()
+    x = torch.rand(1, 3, 16, 16)
+    plain.load_state_dict(net.backbone.state_dict())
+    assert torch.equal(net(x), plain(x))  # zero_init: the wrapper computes what its backbone does
+    with pytest.raises(TypeError, match="feature_info is not a list of FeaturePoint .or of timm-style dicts"):
+        build_backbone({"type": "TimmStyleMEMD", "keys": ("num_chs",), **tiny})
