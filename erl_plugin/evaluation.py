@@ -7,18 +7,21 @@ names it.
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 from basicsr.archs import build_network
+from basicsr.utils import tensor2img
 from torch import nn
 
 from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.checkpoint import load_weights
-from erl_plugin.data.layouts import raintrainh_pairs
-from erl_plugin.data.lmdb_writer import read_image, write_image
+from erl_plugin.data.derain_dataset import DerainPairedDataset
+from erl_plugin.data.layouts import detect_layout
+from erl_plugin.data.lmdb_writer import write_image
 from erl_plugin.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.options import OptionsError, import_custom_modules, load_options
@@ -79,6 +82,33 @@ def checkpoint_from_options(opt_path: str, checkpoint: str | None) -> tuple[str,
     return str(path["pretrain_network_g"]), param_key
 
 
+def dataset_section(folder: str, layout: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """The DerainPairedDataset section that reads ``folder``: a folder holding ``lq.lmdb`` and ``gt.lmdb``
+    (what ``create_lmdb.py`` writes), else ``layout`` or the layout :func:`detect_layout` finds.
+
+    Raises:
+        LayoutError: No layout reads the folder (the message lists those tried and what it holds).
+    """
+    name = name or os.path.basename(os.path.normpath(folder))
+    lq, gt = os.path.join(folder, "lq.lmdb"), os.path.join(folder, "gt.lmdb")
+    if layout is None and os.path.isdir(lq) and os.path.isdir(gt):
+        return {"name": name, "dataroot_lq": lq, "dataroot_gt": gt, "io_backend": {"type": "lmdb"}}
+    return {"name": name, "layout": layout or detect_layout(folder), "dataroot": folder}
+
+
+def test_pairs(section: Mapping[str, Any]) -> DerainPairedDataset:
+    """The test-phase DerainPairedDataset of a dataset section (any layout, folders or LMDBs)."""
+    return DerainPairedDataset({"phase": "test", **section})
+
+
+def read_pairs(dataset: DerainPairedDataset) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, rainy, clean)`` BGR uint8 images of a test dataset, one pair at a time."""
+    for index in range(len(dataset)):
+        item = dataset[index]
+        name = os.path.splitext(os.path.basename(str(item["lq_path"])))[0]
+        yield name, tensor2img(item["lq"]), tensor2img(item["gt"])
+
+
 def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:
     """Derain one BGR uint8 image of any size, whole; returns a BGR uint8 image of the same size."""
     return derain_tiled(net, image, tile=None)
@@ -137,14 +167,18 @@ def format_table(title: str, means: dict[str, Score]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str, show: int = 4) -> dict[str, Score]:
-    """Derain every pair of a RainTrainH-layout folder with each model and compare with the input.
+def evaluate(
+    models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str, show: int = 4, layout: str | None = None
+) -> dict[str, Score]:
+    """Derain every pair of a test folder with each model and compare with the input.
 
     Args:
         models: ``(label, options file, checkpoint)`` per model.
-        data_dir: Folder of ``rain-N.png`` / ``norain-N.png``.
+        data_dir: A test folder in any layout DerainPairedDataset reads (detected unless ``layout``), or a
+            folder with ``lq.lmdb`` and ``gt.lmdb``.
         out_dir: Receives ``scores.csv`` (per image), ``summary.md`` (the table) and
             ``comparison.png`` (rainy | each model | clean, for ``show`` images spread over the set).
+        layout: One of :data:`erl_plugin.data.layouts.LAYOUTS`; default: detected.
 
     Returns:
         Mean scores for ``"rainy input"`` and each label.
@@ -153,23 +187,23 @@ def evaluate(models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str
         out_dir, [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))], "--out"
     )
     nets = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
-    pairs = raintrainh_pairs(data_dir)
-    shown = set(np.linspace(0, len(pairs) - 1, min(show, len(pairs))).round().astype(int).tolist())
+    section = dataset_section(data_dir, layout)
+    dataset = test_pairs(section)
+    count = len(dataset)
+    shown = set(np.linspace(0, count - 1, min(show, count)).round().astype(int).tolist())
     scores: dict[str, list[Score]] = {"rainy": [], **{label: [] for label in nets}}
-    rows = []
-    for index, pair in enumerate(pairs):
-        rainy, clean = read_image(pair.rainy, cv2.IMREAD_COLOR), read_image(pair.clean, cv2.IMREAD_COLOR)
-        if rainy.shape != clean.shape:
-            raise ValueError(f"{pair.rainy} is {rainy.shape[:2]} but {pair.clean} is {clean.shape[:2]}")
+    names, rows = [], []
+    for index, (name, rainy, clean) in enumerate(read_pairs(dataset)):
         outputs = {label: derain(net, rainy) for label, net in nets.items()}
+        names.append(name)
         scores["rainy"].append(score(rainy, clean))
         for label, output in outputs.items():
             scores[label].append(score(output, clean))
         if index in shown:
             rows.append((rainy, *outputs.values(), clean))
-    write_scores_csv(os.path.join(out_dir, "scores.csv"), [pair.name for pair in pairs], scores)
+    write_scores_csv(os.path.join(out_dir, "scores.csv"), names, scores)
     write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", *nets, "clean"]))
     means = {"rainy input": mean_score(scores["rainy"]), **{label: mean_score(scores[label]) for label in nets}}
     with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_table(f"{data_dir} ({len(pairs)} pairs)", means) + "\n")
+        handle.write(format_table(f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})", means) + "\n")
     return means

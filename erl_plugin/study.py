@@ -165,8 +165,13 @@ class Study:
 
 def _data_set(entry: Any, where: str, path: str) -> dict[str, Any]:
     if isinstance(entry, str):
+        from erl_plugin.evaluation import dataset_section  # noqa: PLC0415 (basicsr only when a folder is named)
+
         name, _, root = entry.rpartition("=")
-        return {"name": name or os.path.basename(os.path.normpath(root)), "layout": "rain100h", "dataroot": root}
+        try:
+            return dataset_section(root, name=name or None)
+        except ValueError as error:
+            raise StudyError(f"{path}: {where}: {error}") from None
     if not isinstance(entry, Mapping) or "name" not in entry:
         raise StudyError(f"{path}: {where}: expected a dataset section with a name (DerainPairedDataset keys)")
     return dict(entry)
@@ -177,7 +182,8 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
 
     Args:
         path: The study file.
-        extra_test_sets: More test sets, ``[NAME=]FOLDER`` (either Rain100H form).
+        extra_test_sets: More test sets, ``[NAME=]FOLDER``, in any layout DerainPairedDataset reads (detected),
+            or a folder of ``lq.lmdb`` and ``gt.lmdb``.
         iters_scale: Replaces the file's ``iters_scale`` (e.g. to try a study quickly).
     """
     raw = load_yaml(path, "study")
@@ -368,43 +374,29 @@ def read_validation(path: Path) -> list[dict[str, Any]]:
 
 def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, Any]:
     """Per-image PSNR/SSIM (protocol ``basicsr``) of a checkpoint on the selection and test sets."""
-    from erl_plugin.evaluation import derain, load_network, score  # noqa: PLC0415 (torch only when scoring)
+    from erl_plugin.evaluation import derain, load_network, read_pairs, score, test_pairs  # noqa: PLC0415
 
     net = load_network(options_file, checkpoint)
     scores: dict[str, Any] = {}
     for data in study.sets:
         images = {}
-        for name, rainy, clean in iterate_pairs(data):
+        for name, rainy, clean in read_pairs(test_pairs(data)):
             result = score(derain(net, rainy), clean)
             images[name] = {"psnr": result.psnr, "ssim": result.ssim}
         scores[data["name"]] = {"protocol": PROTOCOL, "images": images}
     return scores
 
 
-def iterate_pairs(data: Mapping[str, Any]) -> Any:
-    """``(name, rainy, clean)`` BGR uint8 images of a dataset section, in any layout DerainPairedDataset reads."""
-    from basicsr.utils import tensor2img  # noqa: PLC0415
-
-    from erl_plugin.data.derain_dataset import DerainPairedDataset  # noqa: PLC0415
-
-    section = {key: value for key, value in data.items() if key != "name"}
-    dataset = DerainPairedDataset({"phase": "test", "name": data["name"], **section})
-    for index in range(len(dataset)):
-        item = dataset[index]
-        name = os.path.splitext(os.path.basename(str(item["lq_path"])))[0]
-        yield name, tensor2img(item["lq"]), tensor2img(item["gt"])
-
-
 def rainy_scores(study: Study) -> dict[str, Any]:
     """Scores of the rainy inputs themselves, per set."""
-    from erl_plugin.evaluation import score  # noqa: PLC0415
+    from erl_plugin.evaluation import read_pairs, score, test_pairs  # noqa: PLC0415
 
     return {
         data["name"]: {
             "protocol": PROTOCOL,
             "images": {
                 name: {"psnr": (s := score(rainy, clean)).psnr, "ssim": s.ssim}
-                for name, rainy, clean in iterate_pairs(data)
+                for name, rainy, clean in read_pairs(test_pairs(data))
             },
         }
         for data in study.sets

@@ -10,6 +10,7 @@ from conftest import REPO, run_python
 from skimage.metrics import peak_signal_noise_ratio
 
 from erl_plugin.archs import MEMD
+from erl_plugin.data.convert import convert_dataset
 from erl_plugin.evaluation import PROTOCOL, derain, evaluate, format_table, score, side_by_side
 from erl_plugin.options import load_options
 
@@ -76,3 +77,32 @@ def test_evaluate_tool_reports_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "nowhere.pth" in result.stderr
+
+
+def test_evaluate_reads_the_real_rain100h_naming_lmdb_and_refuses_an_unknown_layout(tmp_path: Path) -> None:
+    """Rain100H as published: norain-001.png with rainy/rain-001.png; an LMDB pair; a folder of neither."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "Rain100H/rainy").mkdir(parents=True)
+    for index in (1, 2):
+        clean = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / f"Rain100H/norain-{index:03d}.png"), clean)
+        cv2.imwrite(str(tmp_path / f"Rain100H/rainy/rain-{index:03d}.png"), 255 - clean)
+    opt = load_options(str(REPO / "options/memd_demo.yml"))
+    torch.manual_seed(0)
+    torch.save(
+        {"params": MEMD(**{k: v for k, v in opt["network_g"].items() if k != "type"}).state_dict()}, tmp_path / "n.pth"
+    )
+    models = [("MEMD", str(REPO / "options/memd_demo.yml"), str(tmp_path / "n.pth"))]
+    folder = evaluate(models, str(tmp_path / "Rain100H"), str(tmp_path / "out"))
+    rows = (tmp_path / "out/scores.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["rain-001", "rain-002"]
+    assert "layout rain100h" in (tmp_path / "out/summary.md").read_text()
+    convert_dataset("rain100h", tmp_path / "Rain100H", tmp_path / "lmdb", progress=False)
+    packed = evaluate(models, str(tmp_path / "lmdb"), str(tmp_path / "out_lmdb"))
+    assert packed["MEMD"].psnr == pytest.approx(folder["MEMD"].psnr)
+    (tmp_path / "odd").mkdir()
+    cv2.imwrite(str(tmp_path / "odd/picture.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"no known layout reads it \(it holds picture.png\); tried rain100h: .*rain13k"
+    ):
+        evaluate(models, str(tmp_path / "odd"), str(tmp_path / "out_odd"))

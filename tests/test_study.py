@@ -57,10 +57,12 @@ def test_the_shipped_study_file_parses():
         ({"runs": {"a": {"options": "OPT", "seeds": [5]}}}, "runs.a.seeds: [5] must be a non-empty subset"),
         ({"runs": {"a": {"options": "OPT", "from_run": "a"}}}, "give either options"),
         ({"runs": {"a": {"options": "OPT", "speed": 2}}}, "runs.a: unknown key(s) ['speed']"),
+        ({"test_sets": ["odd=."]}, "test_sets[0]: .: no known layout reads it"),
     ],
 )
 def test_bad_study_files_are_refused_naming_the_key(tmp_path: Path, change: dict, message: str):
-    raw = {"name": "s", "seeds": [0], "baseline": "a", "selection_set": "val", "runs": {"a": {"options": "OPT"}}}
+    val = {"name": "val", "layout": "rain100h", "dataroot": "val"}
+    raw = {"name": "s", "seeds": [0], "baseline": "a", "selection_set": val, "runs": {"a": {"options": "OPT"}}}
     raw.update(change)
     text = yaml.safe_dump(raw).replace("OPT", str(REPO / "options/study/memd.yml"))
     path = tmp_path / "study.yml"
@@ -101,7 +103,7 @@ def test_summary_pairs_by_seed_and_image(tmp_path: Path):
         "name": "s",
         "seeds": [0, 1],
         "baseline": "base",
-        "selection_set": "val=somewhere/val",
+        "selection_set": {"name": "val", "layout": "rain100h", "dataroot": "somewhere/val"},
         "runs": {"base": {"options": memd}, "better": {"options": memd}},
     }
     (tmp_path / "study.yml").write_text(yaml.safe_dump(raw))

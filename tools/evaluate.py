@@ -1,4 +1,4 @@
-"""Derain a RainTrainH-layout test folder (rain-N.png / norain-N.png) with one or more models.
+"""Derain a test folder (any layout the datasets read, or lq.lmdb + gt.lmdb) with one or more models.
 
 Prints PSNR/SSIM of the rainy input and of each model, naming the protocol, and writes
 scores.csv, summary.md and comparison.png (rainy | models | clean) into --out.
@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from erl_plugin.data.layouts import LAYOUTS
 from erl_plugin.evaluation import PROTOCOL, evaluate, format_table
 from erl_plugin.outputs import output_lock
 
@@ -27,7 +28,12 @@ def main() -> int:
         metavar=("LABEL", "OPTIONS", "CHECKPOINT"),
         help="a model: its name in the table, the options file whose network_g built it, its checkpoint",
     )
-    parser.add_argument("--data", required=True, help="folder with rain-N.png and norain-N.png")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="test folder: any layout (detected, or --layout), or one holding lq.lmdb + gt.lmdb",
+    )
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), help="the folder's layout (default: detected)")
     parser.add_argument("--out", required=True, help="folder for scores.csv, summary.md, comparison.png")
     parser.add_argument("--show", type=int, default=4, help="images in comparison.png")
     parser.add_argument(
@@ -36,7 +42,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         with output_lock(args.out):
-            means = evaluate([tuple(model) for model in args.model], args.data, args.out, show=args.show)
+            means = evaluate([tuple(model) for model in args.model], args.data, args.out, args.show, args.layout)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="[NAME=]FOLDER",
-        help="another test set, in either Rain100H form (repeatable)",
+        help="another test set, in any layout the datasets read (detected), or lq.lmdb + gt.lmdb (repeatable)",
     )
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     parser.add_argument(

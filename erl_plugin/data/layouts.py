@@ -386,6 +386,35 @@ def find_pairs(
     return LAYOUTS[layout](src)
 
 
+# Tried in this order by detect_layout; the first that reads the folder wins. rain100h also reads the
+# RainTrainH form (rain-N.png beside norain-N.png), so the synthetic splits are found as rain100h.
+DETECTION_ORDER = ("rain100h", "rain200h", "ddn", "raindrop", "rain13k", "did")
+
+
+def detect_layout(src: str | os.PathLike[str]) -> str:
+    """The first layout of :data:`DETECTION_ORDER` that reads ``src`` (a folder), for tools given a bare folder.
+
+    Raises:
+        LayoutError: No layout reads it; the message lists each layout tried and what it found.
+    """
+    root = Path(src)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: not a folder")
+    found = []
+    for layout in DETECTION_ORDER:
+        try:
+            if find_pairs(layout, root):
+                return layout
+        except LayoutError as error:
+            found.append(f"{layout}: {error}")
+    listing = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:8]
+    raise LayoutError(
+        f"{root}: no known layout reads it (it holds {', '.join(listing) or 'nothing'}); tried "
+        + "; ".join(found)
+        + ". Name one with --layout (pairs with --lq-dir/--gt-dir for other folder names)"
+    )
+
+
 def source_root(layout: str, src: str | os.PathLike[str]) -> Path:
     """Folder the relative paths of :func:`find_pairs` start from: ``src``, or its folder for ``list``."""
     return Path(src).parent if layout == "list" else Path(src)
