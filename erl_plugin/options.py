@@ -19,6 +19,7 @@ import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from erl_plugin.checkpoint import CheckpointError, load_weights
+from erl_plugin.data.dataset_keys import check_keys
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import StageError, parse_stages
@@ -63,9 +64,10 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _parse_value(text: str) -> Any:
-    """A YAML value, where ``4e-4`` is a float (YAML 1.1 would read it as a string)."""
+    """A YAML value, where ``4e-4`` is a float (YAML 1.1 would read it as a string); a quoted value stays a string."""
     value = yaml.safe_load(text)
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+    quoted = text.strip()[:1] in ("'", '"')
+    if isinstance(value, str) and not quoted and _FLOAT.fullmatch(value.strip()):
         return float(value)
     return value
 
@@ -197,6 +199,54 @@ def _check_speed(opt: Mapping[str, Any], source: str) -> None:
         )
 
 
+def _check_iterations(value: Any, where: str, source: str) -> None:
+    """An iteration count: a positive whole number (``!!float 2e4`` included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1 or value != int(value):
+        raise OptionsError(f"{source}: {where}: {value!r} must be a positive whole number of iterations")
+
+
+def _check_numbers(opt: Mapping[str, Any], source: str) -> None:
+    """Learning rates, weight decays and loss weights are numbers; YAML reads ``1e-3`` as a string."""
+    train = opt.get("train") or {}
+    sections = {
+        "train": train,
+        **{f"train.stage_options.{k}": v for k, v in (train.get("stage_options") or {}).items()},
+    }
+    for prefix, section in sections.items():
+        for group, keys in (
+            ("optim_g", ("lr", "weight_decay")),
+            ("pixel_opt", ("loss_weight",)),
+            ("feature_opt", ("loss_weight",)),
+        ):
+            values = (section or {}).get(group) or {}
+            for key in keys:
+                value = values.get(key) if isinstance(values, Mapping) else None
+                if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+                    continue
+                where = f"{prefix}.{group}.{key}"
+                if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                    raise OptionsError(
+                        f"{source}: {where}: {value!r} is a string (YAML 1.1 reads 1e-3 without a dot as text); "
+                        f"write {float(value):.1e} or !!float {value}"
+                    )
+                raise OptionsError(f"{source}: {where}: {value!r} must be a number")
+
+
+def _check_devices(opt: Mapping[str, Any], source: str) -> None:
+    """``num_gpu`` asks for no more CUDA devices than this machine has."""
+    wanted = opt.get("num_gpu", "auto")
+    if wanted == "auto" or wanted is None:
+        return
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
+        raise OptionsError(f"{source}: num_gpu: {wanted!r} must be auto or a whole number >= 0")
+    present = torch.cuda.device_count()
+    if wanted > present:
+        raise OptionsError(
+            f"{source}: num_gpu: {wanted} but this machine has {present} CUDA device(s); use num_gpu: 0 (the CPU), "
+            f"auto, or at most {present}"
+        )
+
+
 def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
     """Check what BasicSR would otherwise fail on deep inside its pipeline.
 
@@ -212,7 +262,12 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     for key in required:
         if key not in opt:
             raise OptionsError(f"{source}: missing top-level key {key!r} (required: {', '.join(required)})")
+    if not isinstance(opt["name"], str) or not opt["name"]:
+        raise OptionsError(
+            f'{source}: name: {opt["name"]!r} must be a non-empty string (quote it: name: "{opt["name"]}")'
+        )
     _check_registered(opt["model_type"], MODEL_REGISTRY, "model_type", "model", source)
+    _check_devices(opt, source)
     networks = [key for key in opt if key.startswith("network_")]
     built: dict[str, torch.nn.Module] = {}
     if not networks:
@@ -236,14 +291,30 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         if not isinstance(dataset, dict) or "type" not in dataset:
             raise OptionsError(f"{source}: datasets.{phase}: expected a mapping with a 'type' key")
         _check_registered(dataset["type"], DATASET_REGISTRY, f"datasets.{phase}.type", "dataset", source)
+        own_keys = getattr(DATASET_REGISTRY.get(dataset["type"]), "OPTION_KEYS", None)
+        if own_keys is not None:
+            try:
+                check_keys(dataset["type"], dataset, own_keys)
+            except ValueError as error:
+                raise OptionsError(f"{source}: datasets.{phase}: {error}") from None
         for key, value in dataset.items():
             if key.startswith("dataroot") or key in ("meta_info_file", "pair_list"):
                 _check_path(value, f"datasets.{phase}.{key}", source)
     for key, value in (opt["path"] or {}).items():
         if key.startswith("pretrain_network_"):
             _check_path(value, f"path.{key}", source)
-    if is_train and "total_iter" not in (opt["train"] or {}):
-        raise OptionsError(f"{source}: train.total_iter is missing")
+    if is_train:
+        if "train" not in datasets:
+            raise OptionsError(f"{source}: datasets.train is missing (the training set; phases: {', '.join(datasets)})")
+        if "total_iter" not in (opt["train"] or {}):
+            raise OptionsError(f"{source}: train.total_iter is missing")
+        _check_iterations(opt["train"]["total_iter"], "train.total_iter", source)
+        _check_numbers(opt, source)
+        val = opt.get("val") or {}
+        if any(phase.split("_")[0] == "val" for phase in datasets) and val and "val_freq" not in val:
+            raise OptionsError(f"{source}: val.val_freq is missing (how often to validate, in iterations)")
+        if "val_freq" in val:
+            _check_iterations(val["val_freq"], "val.val_freq", source)
     _check_count(opt, "logger", "keep_last", source)
     _check_count(opt, "train", "max_consecutive_nonfinite", source)
     if opt["model_type"] == "ERLModel":

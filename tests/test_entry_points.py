@@ -9,7 +9,8 @@ import torch
 import yaml
 from conftest import run_python, tiny_options, write_options
 
-from erl_plugin.options import OptionsError, apply_overrides
+import erl_plugin  # noqa: F401  (registers the datasets)
+from erl_plugin.options import OptionsError, apply_overrides, validate_options
 
 ERL_TRAIN = shutil.which("erl-train", path=str(Path(sys.executable).parent))
 ERL_TEST = shutil.which("erl-test", path=str(Path(sys.executable).parent))
@@ -123,3 +124,53 @@ def test_missing_val_save_img(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None
     opt = tiny_options(tiny_lmdb)
     del opt["val"]["save_img"]  # BasicSR would train, then fail with KeyError at the first validation
     _expect_options_error(tmp_path, opt, "val.save_img is missing")
+
+
+def _break(opt: dict, change: str) -> None:
+    """Apply one careless edit to tiny options."""
+    if change == "total_iter 0":
+        opt["train"]["total_iter"] = 0
+    elif change == "total_iter -5":
+        opt["train"]["total_iter"] = -5
+    elif change == "lr as text":
+        opt["train"]["optim_g"]["lr"] = "1e-3"  # what YAML makes of `lr: 1e-3`
+    elif change == "lr abc":
+        opt["train"]["optim_g"]["lr"] = "abc"
+    elif change == "no train set":
+        del opt["datasets"]["train"]
+    elif change == "no val_freq":
+        del opt["val"]["val_freq"]
+    elif change == "numeric name":
+        opt["name"] = 2024
+    elif change == "gpus":
+        opt["num_gpu"] = torch.cuda.device_count() + 1
+    elif change == "misspelt key":
+        opt["datasets"]["val"]["type"] = "DerainPairedDataset"
+        opt["datasets"]["val"]["gt_szie"] = 32
+
+
+CARELESS = {
+    "total_iter 0": "train.total_iter: 0 must be a positive whole number of iterations",
+    "total_iter -5": "train.total_iter: -5 must be a positive whole number",
+    "lr as text": "train.optim_g.lr: '1e-3' is a string (YAML 1.1 reads 1e-3 without a dot as text); write 1.0e-03",
+    "lr abc": "train.optim_g.lr: 'abc' must be a number",
+    "no train set": "datasets.train is missing",
+    "no val_freq": "val.val_freq is missing",
+    "numeric name": "name: 2024 must be a non-empty string",
+    "gpus": "CUDA device(s); use num_gpu: 0 (the CPU), auto",
+    "misspelt key": "x.yml: datasets.val: DerainPairedDataset: unknown option(s) 'gt_szie' (did you mean 'gt_size'",
+}
+
+
+@pytest.mark.parametrize("change", list(CARELESS))
+def test_careless_options_are_refused_before_anything_is_built(tiny_lmdb: dict[str, str], change: str) -> None:
+    opt = tiny_options(tiny_lmdb)
+    _break(opt, change)
+    with pytest.raises(OptionsError) as error:
+        validate_options(opt, "x.yml", is_train=True)
+    assert CARELESS[change] in str(error.value)
+
+
+def test_a_quoted_override_stays_a_string() -> None:
+    opt = apply_overrides({"name": "a", "train": {"lr": 1}}, ['name="1e-3"', "train.lr=1e-3"], "x.yml")
+    assert opt == {"name": "1e-3", "train": {"lr": 1e-3}}

@@ -8,6 +8,7 @@ from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from conftest import REPO
 
 from erl_plugin.options import OptionsError, load_options, validate_options
+from erl_plugin.study import load_study
 
 OPTION_FILES = sorted((REPO / "options").rglob("*.yml"))
 
@@ -18,8 +19,13 @@ def test_there_are_train_and_test_options() -> None:
 
 
 @pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: str(p.relative_to(REPO)))
-def test_options_file_is_consistent(path: Path) -> None:
+def test_options_file_is_consistent(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opt = load_options(str(path))
+    if "runs" in opt and "seeds" in opt:  # a study file (tools/study.py), not training options
+        monkeypatch.chdir(REPO)  # its paths are relative to the root
+        study = load_study(str(path))
+        assert study.runs[study.baseline].trained
+        return
     assert opt["model_type"] in MODEL_REGISTRY
     assert all(dataset["type"] in DATASET_REGISTRY for dataset in opt["datasets"].values())
     net = build_network(dict(opt["network_g"]))

@@ -22,6 +22,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from PIL import Image
 from torch.utils import data
 
+from erl_plugin.data.dataset_keys import check_keys
 from erl_plugin.data.layouts import (
     IMAGE_EXTENSIONS,
     LAYOUTS,
@@ -47,6 +48,24 @@ _UNSUPPORTED = {
     "color": "only 3-channel BGR->RGB output is supported",
     "meta_info_file": "use 'pair_list' instead",
     "filename_tmpl": "use 'pair_list' for differing names",
+}
+
+
+_OWN_KEYS = {
+    "dataroot_lq": "rainy folder or LMDB",
+    "dataroot_gt": "clean folder or LMDB",
+    "io_backend": "{type: disk} or {type: lmdb}",
+    "pair_list": "pair-list file",
+    "layout": f"an original folder's layout: {', '.join(LAYOUTS)}",
+    "dataroot": "the folder read with layout",
+    "lq_dir": "rainy folder of the pairs layout",
+    "gt_dir": "clean folder of the pairs layout",
+    "gt_size": "crop side",
+    "use_crop": "random crops",
+    "use_hflip": "horizontal flips",
+    "use_rot": "vertical flips and rotations",
+    "small_images": "pad or skip",
+    **{key: f"refused: {reason}" for key, reason in _UNSUPPORTED.items()},
 }
 
 
@@ -147,6 +166,9 @@ class DerainPairedDataset(data.Dataset):
         FileNotFoundError: For a missing root, pair list or counterpart file.
     """
 
+    OPTION_KEYS = _OWN_KEYS
+    """The keys this dataset reads (besides BasicSR's): what the options check accepts."""
+
     def __init__(self, opt: Mapping[str, Any]) -> None:
         super().__init__()
         self.opt = copy.deepcopy(dict(opt))
@@ -159,6 +181,7 @@ class DerainPairedDataset(data.Dataset):
 
     def _check_options(self) -> None:
         opt = self.opt
+        check_keys("DerainPairedDataset", opt, _OWN_KEYS)
         for key, reason in _UNSUPPORTED.items():
             if opt.get(key) is not None:
                 raise _option_error(key, opt[key], reason)

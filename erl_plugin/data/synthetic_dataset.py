@@ -39,6 +39,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 from tqdm import tqdm
 
+from erl_plugin.data.dataset_keys import check_keys
 from erl_plugin.data.synthetic_rain import (
     PRESETS,
     RainDataError,
@@ -86,21 +87,6 @@ _OWN_KEYS = {
     "use_rot": "random vertical flips and 90-degree rotations",
     "num_samples": "samples per epoch",
     "seed": "seed of samples whose index carries none (validation)",
-}
-# Keys BasicSR itself reads or adds to every dataset section.
-_BASICSR_KEYS = {
-    "name",
-    "type",
-    "phase",
-    "scale",
-    "batch_size_per_gpu",
-    "num_worker_per_gpu",
-    "dataset_enlarge_ratio",
-    "prefetch_mode",
-    "pin_memory",
-    "persistent_workers",
-    "use_shuffle",
-    "num_prefetch_queue",
 }
 
 
@@ -163,12 +149,12 @@ class SyntheticRainDataset(data.Dataset):
         RainDataError: A missing or empty photo folder, an unreadable photo, an unknown photo name.
     """
 
+    OPTION_KEYS = _OWN_KEYS
+    """The keys this dataset reads (besides BasicSR's): what the options check accepts."""
+
     def __init__(self, opt: Mapping[str, Any]) -> None:
         super().__init__()
-        unknown = sorted(set(opt) - set(_OWN_KEYS) - _BASICSR_KEYS)
-        if unknown:
-            allowed = ", ".join(f"{key} ({meaning})" for key, meaning in _OWN_KEYS.items())
-            raise ValueError(f"SyntheticRainDataset: unknown option(s) {unknown}; allowed: {allowed}")
+        check_keys("SyntheticRainDataset", opt, _OWN_KEYS)
         if opt.get("scale", 1) != 1:
             raise _error("scale", opt["scale"], "deraining keeps the size: expected 1")
         self.domain = build_domain(opt.get("preset", "wide"), opt.get("rain"))

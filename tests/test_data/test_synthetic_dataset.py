@@ -129,7 +129,7 @@ def test_default_photos_are_scikit_images_training_photos():
         ({"preset": "storm"}, "'preset' = 'storm' is invalid: expected one of ['heavy', 'light', 'shifted', 'wide']"),
         ({"rescale": [1.0, 0.5]}, "'rescale' = [1.0, 0.5] is invalid: expected 0.001 <= low <= high"),
         ({"gt_size": 0}, "'gt_size' = 0 is invalid: expected a positive integer"),
-        ({"gt_szie": 24}, "unknown option(s) ['gt_szie']; allowed: dataroot_gt"),
+        ({"gt_szie": 24}, "unknown option(s) 'gt_szie' (did you mean 'gt_size'?); allowed: dataroot_gt"),
         ({"photos": ["missing.png"]}, "'photos': ['missing.png'] not in"),
         ({"use_rot": "yes"}, "'use_rot' = 'yes' is invalid: expected true or false"),
     ],
