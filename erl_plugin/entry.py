@@ -18,6 +18,7 @@ from erl_plugin.options import (
     apply_overrides,
     import_custom_modules,
     load_options,
+    scale_iterations,
     validate_options,
 )
 from erl_plugin.resume import ResumeError
@@ -40,6 +41,13 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="override an option, e.g. --set train.total_iter=1000 (repeatable; YAML values; "
         "prefix the key with + to add a new one)",
     )
+    parser.add_argument(
+        "--iters-scale",
+        type=float,
+        metavar="F",
+        help="shorten (or lengthen) a run: multiply total_iter, every stage's iterations, the milestones and "
+        "periods, val_freq, save_checkpoint_freq and print_freq by F (after --set)",
+    )
     return parser
 
 
@@ -49,6 +57,8 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     args = parser.parse_args(argv)
     try:
         opt = apply_overrides(load_options(args.opt), args.overrides, args.opt)
+        if args.iters_scale is not None:
+            opt = scale_iterations(opt, args.iters_scale)
         import_custom_modules(opt, args.opt)
         validate_options(opt, args.opt, is_train=is_train)
     except OptionsError as error:
@@ -57,12 +67,13 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     flags = ["--launcher", args.launcher] + ["--auto_resume"] * args.auto_resume + ["--debug"] * args.debug
     with tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
         opt_path = args.opt
-        if args.overrides:
+        if args.overrides or args.iters_scale is not None:
             # BasicSR reads the options from a file and copies it into the experiment folder, so
             # the file it gets is the resolved one.
             opt_path = os.path.join(tmp, os.path.basename(args.opt))
             with open(opt_path, "w", encoding="utf-8") as handle:
-                handle.write(f"# {args.opt} with --set {' --set '.join(args.overrides)}\n")
+                scaled = f" --iters-scale {args.iters_scale:g}" if args.iters_scale is not None else ""
+                handle.write(f"# {args.opt} with{''.join(f' --set {o}' for o in args.overrides)}{scaled}\n")
                 yaml.safe_dump(opt, handle, sort_keys=False)
         sys.argv = [prog, "-opt", opt_path, *flags]
         try:

@@ -110,6 +110,44 @@ def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: st
     return result
 
 
+_ITER_KEYS = (
+    ("train", "total_iter"),
+    ("val", "val_freq"),
+    ("logger", "save_checkpoint_freq"),
+    ("logger", "print_freq"),
+)
+
+
+def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
+
+    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones and periods of
+    ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
+    ``logger.save_checkpoint_freq`` and ``logger.print_freq``. ``total_iter`` becomes the sum of the
+    scaled stages when there are stages, so the two always agree.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+        raise OptionsError(f"iters_scale {factor!r} must be a number > 0")
+    result = copy.deepcopy(dict(opt))
+
+    def scaled(value: Any) -> int:
+        return max(1, round(float(value) * factor))
+
+    for section, key in _ITER_KEYS:
+        if key in (result.get(section) or {}):
+            result[section][key] = scaled(result[section][key])
+    train = result.get("train") or {}
+    if train.get("stage_iters"):
+        train["stage_iters"] = [scaled(v) for v in train["stage_iters"]]
+        train["total_iter"] = sum(train["stage_iters"])
+    schedulers = [train.get("scheduler")] + [s.get("scheduler") for s in (train.get("stage_options") or {}).values()]
+    for scheduler in schedulers:
+        for key in ("milestones", "periods"):
+            if scheduler and scheduler.get(key):
+                scheduler[key] = [scaled(v) for v in scheduler[key]]
+    return result
+
+
 def import_custom_modules(opt: Mapping[str, Any], source: str) -> list[str]:
     """Import the modules ``custom_imports`` lists, so the networks they register can be built.
 

@@ -32,7 +32,6 @@ and a plot of validation PSNR against iteration for every run.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from erl_plugin.options import OptionsError, apply_overrides, load_options, load_yaml
+from erl_plugin.options import OptionsError, apply_overrides, load_options, load_yaml, scale_iterations
 from erl_plugin.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
@@ -73,45 +72,6 @@ _CONSUMED = re.compile(r"End of training\. Time consumed: (?:(\d+) days?, )?(\d+
 
 class StudyError(ValueError):
     """A study file that cannot run; the message names the file, the key and what is allowed."""
-
-
-# ------------------------------------------------------------------------------- iteration counts
-_ITER_KEYS = (
-    ("train", "total_iter"),
-    ("val", "val_freq"),
-    ("logger", "save_checkpoint_freq"),
-    ("logger", "print_freq"),
-)
-
-
-def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
-    """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
-
-    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones and periods of
-    ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
-    ``logger.save_checkpoint_freq`` and ``logger.print_freq``. ``total_iter`` becomes the sum of the
-    scaled stages when there are stages, so the two always agree.
-    """
-    if not factor > 0:
-        raise StudyError(f"iters_scale {factor!r} must be > 0")
-    result = copy.deepcopy(dict(opt))
-
-    def scaled(value: Any) -> int:
-        return max(1, round(float(value) * factor))
-
-    for section, key in _ITER_KEYS:
-        if key in (result.get(section) or {}):
-            result[section][key] = scaled(result[section][key])
-    train = result.get("train") or {}
-    if train.get("stage_iters"):
-        train["stage_iters"] = [scaled(v) for v in train["stage_iters"]]
-        train["total_iter"] = sum(train["stage_iters"])
-    schedulers = [train.get("scheduler")] + [s.get("scheduler") for s in (train.get("stage_options") or {}).values()]
-    for scheduler in schedulers:
-        for key in ("milestones", "periods"):
-            if scheduler and scheduler.get(key):
-                scheduler[key] = [scaled(v) for v in scheduler[key]]
-    return result
 
 
 # ----------------------------------------------------------------------------------- the study

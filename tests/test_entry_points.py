@@ -66,12 +66,19 @@ def test_train_console_script_then_test(tmp_path: Path, tiny_lmdb: dict[str, str
 
 
 @pytest.mark.slow
-def test_train_as_module_with_cwd_as_root(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
-    opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, name="via_module"))
-    result = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+def test_train_as_module_with_cwd_as_root_and_one_knob_to_shorten(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, name="via_module", total_iter=8))
+    result = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file), "--iters-scale", "0.25"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "experiments/via_module/models/net_g_latest.pth").is_file()
-    assert "End of training" in result.stderr
+    models = tmp_path / "experiments/via_module/models"
+    assert (models / "net_g_latest.pth").is_file() and (models / "net_g_2.pth").is_file()  # 8 x 0.25 iterations
+    assert (
+        "End of training" in result.stderr
+        and "iter:       2," in result.stderr
+        and "iter:       3," not in result.stderr
+    )
+    kept = next((tmp_path / "experiments/via_module").glob("*.yml")).read_text()
+    assert f"# {opt_file} with --iters-scale 0.25" in kept and "total_iter: 2" in kept
 
 
 def _expect_options_error(tmp_path: Path, opt: dict, *needles: str) -> None:

@@ -9,14 +9,13 @@ import yaml
 from conftest import REPO, run_python
 
 from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
-from erl_plugin.options import load_options
+from erl_plugin.options import OptionsError, load_options, scale_iterations
 from erl_plugin.study import (
     StudyError,
     bootstrap_interval,
     format_report,
     load_study,
     result_path,
-    scale_iterations,
     summarize,
 )
 
@@ -33,7 +32,7 @@ def test_scale_iterations_scales_every_count_together():
     assert opt["val"]["val_freq"] == 50 and opt["logger"]["save_checkpoint_freq"] == 125
     tiny = scale_iterations(load_options(str(REPO / "options/study/memd.yml")), 0.001)
     assert tiny["train"]["total_iter"] == 1 and tiny["train"]["scheduler"]["milestones"] == [1, 1]
-    with pytest.raises(StudyError, match="iters_scale 0 must be > 0"):
+    with pytest.raises(OptionsError, match="iters_scale 0 must be a number > 0"):
         scale_iterations(opt, 0)
 
 
