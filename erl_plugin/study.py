@@ -674,11 +674,18 @@ def plot_validation(study: Study, out: Path, path: Path) -> None:
     rows = math.ceil(len(trained) / columns) or 1
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False, sharey=True)
     for axis, name in zip(axes.flat, trained, strict=False):
+        stages: dict[str, int] = {}
         for seed, result in sorted(results[name].items()):
             points = [(r["iter"], r["metrics"].get(f"psnr_{PROTOCOL}")) for r in result["validation"]]
             points = [(i, v) for i, v in points if v is not None]
             if points:
                 axis.plot(*zip(*points, strict=True), marker=".", label=f"seed {seed}")
+            for record in result["validation"]:
+                if "stage" in record:
+                    stages[record["stage"]] = min(stages.get(record["stage"], record["iter"]), record["iter"])
+        for stage, first in stages.items():  # ERLModel runs: where each stage's validations begin
+            axis.axvline(first, color="grey", lw=0.6, ls=":")
+            axis.annotate(stage, (first, 1), xycoords=("data", "axes fraction"), fontsize=6, va="top", rotation=90)
         axis.set_title(study.runs[name].label, fontsize=9)
         axis.set_xlabel("iteration")
         axis.grid(alpha=0.3)
