@@ -388,8 +388,8 @@ def pending_jobs(study: Study, out: Path) -> list[tuple[str, int]]:
     ]
 
 
-def claim_folder(study: Study, out: Path) -> None:
-    """Record the study and its iteration scale in ``<out>/study.json``; refuse a folder of another scale."""
+def claim_folder(study: Study, out: Path, record: bool = True) -> None:
+    """Refuse a study folder of another study or scale; record this one's in ``<out>/study.json`` (if ``record``)."""
     check_not_input(out, [data["dataroot"] for data in study.sets if data.get("dataroot")], "study folder")
     marker = out / "study.json"
     current = {"study": study.name, "iters_scale": study.iters_scale}
@@ -401,7 +401,8 @@ def claim_folder(study: Study, out: Path) -> None:
                 f"{study.name!r} at {study.iters_scale}: give another --out, or delete {out} to start over"
             )
         return
-    _write_json(marker, current)
+    if record:
+        _write_json(marker, current)
 
 
 def run_study(study: Study, out: Path, jobs: int | None = None, log: Callable[[str], None] = print) -> None:

@@ -30,9 +30,3 @@ def test_demo_study_end_to_end(tmp_path: Path) -> None:
     )
     assert line and "on test (basicsr protocol, 1 seed(s))" in result.stdout
     assert "| rainy input |" in result.stdout and (tmp_path / "studies/demo/validation.png").is_file()
-    # A second study folder at another scale is refused, not mixed with this one.
-    again = run_python([str(REPO / "tools/study.py"), "options/study/demo.yml"], tmp_path)
-    assert again.returncode == 2 and "at iters_scale 0.005, not 'demo' at 1.0" in again.stderr
-    # An impossible gain fails the demo with the runs named.
-    short = run_python([*command, "--min-gain-db", "100"], tmp_path, {"OMP_NUM_THREADS": "1"})
-    assert short.returncode == 1 and "erl gains" in short.stderr and "--min-gain-db 100" in short.stderr

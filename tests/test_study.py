@@ -1,5 +1,6 @@
 """tools/study.py: iteration scaling, study files, the statistics, and a tiny study trained end to end."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from erl_plugin.study import (
     format_report,
     load_study,
     result_path,
+    short_of_gain,
     summarize,
 )
 
@@ -116,6 +118,11 @@ def test_summary_pairs_by_seed_and_image(tmp_path: Path):
     assert better["vs"]["base"]["delta"] == pytest.approx((0.5 + 0.5 - 0.1) / 3)
     assert better["vs"]["base"]["improved_share"] == pytest.approx(2 / 3)
     assert better["psnr_std"] == pytest.approx(np.std([66.9 / 3, 67.9 / 3], ddof=1))
+    assert short_of_gain(study, summary, 7.0) == []  # no test set: nothing to fall short on
+    summary["rainy"]["test"] = {"all": {"psnr": 20.0, "ssim": 0.4}}
+    summary["sets"]["test"] = summary["sets"]["val"]
+    study = dataclasses.replace(study, test_sets=({"name": "test"},))
+    assert short_of_gain(study, summary, 2.3) == ["base gains +2.17 dB over the rainy input on test"]
     report = format_report(study, summary, "test machine")
     assert "| better | 2 | 22.47 ± 0.24 |" in report and "+0.30 [" in report and "| 67% |" in report
     assert "protocol" in report.lower() and "| rainy input | - | 15.00 |" in report
@@ -174,6 +181,9 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
         assert text in report
     assert (out / "validation.png").stat().st_size > 0
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    # The folder keeps one scale: the same study at another is refused, not mixed in.
+    other = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only"], tmp_path)
+    assert other.returncode == 2 and "at iters_scale 0.006, not 'tiny' at 0.5" in other.stderr
     (out / "runs/memd_time_s0.json").unlink()  # as if the study had been killed during that run
     second = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from erl_plugin.options import OptionsError
-from erl_plugin.study import StudyError, headline, load_study, run_study, short_of_gain, write_report
+from erl_plugin.study import (
+    StudyError,
+    claim_folder,
+    headline,
+    load_study,
+    run_study,
+    short_of_gain,
+    write_report,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.study, args.data, args.iters_scale)
         out = Path(args.out or Path("studies") / study.name)
-        if not args.report_only:
+        if args.report_only:
+            claim_folder(study, out, record=False)
+        else:
             run_study(study, out, args.jobs)
     except (StudyError, OptionsError) as error:
         print(f"error: {error}", file=sys.stderr)
