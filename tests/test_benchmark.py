@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import torch
 from conftest import REPO, run_python
 
 from erl_plugin.benchmark import fast_setting, loader_benchmark, loader_markdown, markdown, run_benchmark
@@ -71,3 +72,8 @@ def test_one_command_writes_json_and_markdown(tmp_path: Path) -> None:
     assert "- loader lmdb, 0 workers / training consumption" in text
     bad = run_python([str(REPO / "tools/benchmark.py"), "--amp", "fp8"], tmp_path)
     assert bad.returncode == 2 and "--amp: 'fp8' is not a precision; allowed: fp32, bf16, fp16, none" in bad.stderr
+    if not torch.cuda.is_available():
+        gpu = run_python([str(REPO / "tools/benchmark.py"), "--device", "cuda"], tmp_path)
+        assert gpu.returncode == 2 and gpu.stderr.strip() == (
+            "error: --device cuda, but CUDA is not available on this machine; use --device cpu"
+        )

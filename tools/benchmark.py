@@ -64,6 +64,12 @@ def main() -> int:
         check_precision(args.amp, "--amp")
     except ValueError as error:
         parser.error(str(error))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"error: --device {args.device}, but CUDA is not available on this machine; use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     backbone = {
