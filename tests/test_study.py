@@ -134,8 +134,12 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     synthesize_generalization_splits(
         splits, val_per_photo=1, val_size=32, test_variants=1, test_max_side=64, progress=False
     )
-    tiny_net = {"network_g.backbone.num_feat": 4, "network_g.backbone.num_dense_layers": 1,
-                "network_g.backbone.growth_rate": 4, "val.val_freq": 700}  # fmt: skip  (scaled: every 4th)
+    tiny_net = {
+        "network_g.backbone.num_feat": 4,
+        "network_g.backbone.num_dense_layers": 1,
+        "network_g.backbone.growth_rate": 4,
+        "val.val_freq": 700,
+    }  # fmt: skip  (scaled: every 4th)
     erl, memd = str(REPO / "options/study/erl.yml"), str(REPO / "options/study/memd.yml")
     study = {
         "name": "tiny",
