@@ -46,42 +46,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the synthesis; returns the exit status (2 for bad input)."""
     args = parse_args(argv)
-    if args.generalization:
-        try:
+    try:
+        if args.generalization:
             summary = synthesize_generalization_splits(
                 args.out, seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress
             )
-        except (ValueError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        else:
+            summary = synthesize_dataset(
+                args.out,
+                source=args.source,
+                preset=args.preset,
+                seed=args.seed,
+                num_test_sources=args.num_test_sources,
+                patches_per_image=args.patches_per_image,
+                patch_size=args.patch_size,
+                variants_per_patch=args.variants_per_patch,
+                test_variants=args.test_variants,
+                lmdb=args.lmdb,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.generalization:
         print(
             f"wrote {summary['val']['pairs']} validation pairs (training photos, {summary['val']['domain']} rain) "
             f"and {summary['test']['pairs']} test pairs (photos never trained on, "
             f"{' and '.join(summary['test']['domains'])} rain) to {args.out}"
         )
-        return 0
-    try:
-        summary = synthesize_dataset(
-            args.out,
-            source=args.source,
-            preset=args.preset,
-            seed=args.seed,
-            num_test_sources=args.num_test_sources,
-            patches_per_image=args.patches_per_image,
-            patch_size=args.patch_size,
-            variants_per_patch=args.variants_per_patch,
-            test_variants=args.test_variants,
-            lmdb=args.lmdb,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+    else:
+        print(
+            f"wrote {summary['train']['pairs']} train and {summary['test']['pairs']} test pairs "
+            f"({summary['preset']} rain, seed {summary['seed']}) to {args.out}"
         )
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {summary['train']['pairs']} train and {summary['test']['pairs']} test pairs "
-        f"({summary['preset']} rain, seed {summary['seed']}) to {args.out}"
-    )
     return 0
 
 
