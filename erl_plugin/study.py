@@ -332,35 +332,31 @@ def read_validation(path: Path) -> list[dict[str, Any]]:
     return [records[key] for key in sorted(records)]
 
 
-def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, Any]:
-    """Per-image PSNR/SSIM (protocol ``basicsr``) of a checkpoint on the selection and test sets."""
-    from erl_plugin.evaluation import derain, load_network, read_pairs, score, test_pairs  # noqa: PLC0415
+def _score_sets(study: Study, restore: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """Per-image PSNR/SSIM (protocol ``basicsr``) of ``restore(rainy)`` on the selection and test sets."""
+    from erl_plugin.evaluation import read_pairs, score, test_pairs  # noqa: PLC0415 (torch only when scoring)
 
-    net = load_network(options_file, checkpoint)
     scores: dict[str, Any] = {}
     for data in study.sets:
         images = {}
         for name, rainy, clean in read_pairs(test_pairs(data)):
-            result = score(derain(net, rainy), clean)
+            result = score(restore(rainy), clean)
             images[name] = {"psnr": result.psnr, "ssim": result.ssim}
         scores[data["name"]] = {"protocol": PROTOCOL, "images": images}
     return scores
 
 
+def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, Any]:
+    """Per-image scores of a checkpoint's network on the selection and test sets."""
+    from erl_plugin.evaluation import derain, load_network  # noqa: PLC0415
+
+    net = load_network(options_file, checkpoint)
+    return _score_sets(study, lambda rainy: derain(net, rainy))
+
+
 def rainy_scores(study: Study) -> dict[str, Any]:
     """Scores of the rainy inputs themselves, per set."""
-    from erl_plugin.evaluation import read_pairs, score, test_pairs  # noqa: PLC0415
-
-    return {
-        data["name"]: {
-            "protocol": PROTOCOL,
-            "images": {
-                name: {"psnr": (s := score(rainy, clean)).psnr, "ssim": s.ssim}
-                for name, rainy, clean in read_pairs(test_pairs(data))
-            },
-        }
-        for data in study.sets
-    }
+    return _score_sets(study, lambda rainy: rainy)
 
 
 def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
