@@ -1,12 +1,12 @@
 """ERL-Net (Entangled Representation Learning, ICCV 2019) as a BasicSR plugin.
 
 Importing this package first applies the compatibility patches for basicsr 1.4.2 on today's
-torch/torchvision/lmdb (see :mod:`erl_plugin.compat`), then registers the plugin's networks,
+torch/torchvision/lmdb (see :mod:`erl_plugin.engine.compat`), then registers the plugin's networks,
 datasets, losses, metrics and models into BasicSR's registries, and its networks into a scoped
 child of mmengine's (:mod:`erl_plugin.registry`). Every registration is an explicit import below.
 """
 
-from erl_plugin import compat
+from erl_plugin.engine import compat
 
 compat.apply()
 

@@ -8,12 +8,12 @@ Example:
 import sys
 from collections.abc import Sequence
 
-from erl_plugin.entry import run
+from erl_plugin.engine.entry import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train from an options file; returns the exit status."""
-    # Imported here, after erl_plugin (through erl_plugin.entry) has patched basicsr.
+    # Imported here, after erl_plugin (through erl_plugin.engine.entry) has patched basicsr.
     from basicsr.train import train_pipeline
 
     return run(train_pipeline, argv, is_train=True, prog="erl-train")

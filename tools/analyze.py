@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-from erl_plugin.analysis import DEFAULT_PROTOCOL, analyze, format_summary
+from erl_plugin.evaluation.analysis import DEFAULT_PROTOCOL, analyze, format_summary
 from erl_plugin.metrics.protocols import PROTOCOLS
-from erl_plugin.outputs import output_lock
+from erl_plugin.utils.outputs import output_lock
 
 
 def main() -> int:

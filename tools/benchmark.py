@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from erl_plugin.benchmark import fast_setting, markdown, run_benchmark
-from erl_plugin.speed import check_compile, check_precision
+from erl_plugin.evaluation.benchmark import fast_setting, markdown, run_benchmark
+from erl_plugin.utils.speed import check_compile, check_precision
 
 
 def size(text: str) -> tuple[int, int]:

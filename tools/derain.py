@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-from erl_plugin.evaluation import checkpoint_from_options, load_network
-from erl_plugin.inference import PRECISIONS, derain_paths
+from erl_plugin.evaluation.evaluate import checkpoint_from_options, load_network
+from erl_plugin.evaluation.inference import PRECISIONS, derain_paths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ import os
 import sys
 
 from erl_plugin.data.layouts import LAYOUTS
-from erl_plugin.evaluation import PROTOCOL, evaluate, format_table
-from erl_plugin.outputs import output_lock
+from erl_plugin.evaluation.evaluate import PROTOCOL, evaluate, format_table
+from erl_plugin.utils.outputs import output_lock
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ TESTSETS.yml: a list of {name, layout, dataroot} (lq_dir/gt_dir optional, for th
 import argparse
 import sys
 
-from erl_plugin.leaderboard import (
+from erl_plugin.evaluation.leaderboard import (
     leaderboard_markdown,
     read_models,
     read_reported,
@@ -25,7 +25,7 @@ from erl_plugin.leaderboard import (
     write_leaderboard,
 )
 from erl_plugin.metrics.protocols import PROTOCOLS
-from erl_plugin.outputs import check_not_input, output_lock
+from erl_plugin.utils.outputs import check_not_input, output_lock
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Train a grid of configurations over seeds, score them on held-out data, and write one report.
 
 Resumable: finished runs are kept (``<out>/runs/<run>_s<seed>.json``), an interrupted training resumes from
-its last checkpoint. See erl_plugin/study.py for the study file.
+its last checkpoint. See erl_plugin/evaluation/study.py for the study file.
 
 Examples:
     python tools/study.py options/study/fidelity.yml --jobs 2
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from erl_plugin.options import OptionsError
-from erl_plugin.study import (
+from erl_plugin.engine.options import OptionsError
+from erl_plugin.evaluation.study import (
     StudyError,
     claim_folder,
     headline,

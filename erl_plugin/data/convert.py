@@ -45,7 +45,7 @@ from erl_plugin.data.lmdb_writer import (
     read_image,
 )
 from erl_plugin.data.pair_list import PairListError, read_pair_list, write_pair_list
-from erl_plugin.outputs import staged_directory
+from erl_plugin.utils.outputs import staged_directory
 
 __all__ = ["ConversionError", "ConversionSummary", "DatasetReport", "convert_dataset", "make_keys", "verify_dataset"]
 

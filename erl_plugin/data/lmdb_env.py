@@ -3,7 +3,7 @@
 py-lmdb >= 2 refuses to open an environment that is already open in the same process
 ("The environment ... is already open in this process"), and a forked DataLoader worker inherits
 that refusal together with the parent's open environments. Every reader in the plugin, and
-BasicSR's ``LmdbBackend`` once :mod:`erl_plugin.compat` has patched it, goes through
+BasicSR's ``LmdbBackend`` once :mod:`erl_plugin.engine.compat` has patched it, goes through
 :func:`open_lmdb`, which hands out the one environment this process (or its parent, before a fork)
 opened for a path.
 """

@@ -5,7 +5,7 @@ The layout is the one basicsr's ``make_lmdb_from_imgs`` produces and ``paired_pa
 ``meta_info.txt`` with one line ``<key>.png (<h>,<w>,<c>) <compress_level>`` per image.
 
 Everything is written into a temporary sibling folder, re-opened read-only and verified, and only
-then renamed to the final name (see :func:`erl_plugin.outputs.staged_directory`).
+then renamed to the final name (see :func:`erl_plugin.utils.outputs.staged_directory`).
 
 Example:
     >>> write_image_lmdb([("0001", "rain-1.png"), ("0002", "rain-2.png")], "train/lq.lmdb")
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from erl_plugin.outputs import staged_directory
+from erl_plugin.utils.outputs import staged_directory
 
 __all__ = [
     "ImageFileError",

@@ -2,7 +2,7 @@
 
 Every sample is a pure function of its seed: under ``erl-train`` (or ``basicsr/train.py`` with the
 plugin) the training sampler gives each index the seed of ``(manual_seed, epoch, position in the
-epoch's global order)`` (:func:`erl_plugin.resume.sample_seed`), so every epoch draws new crops and new
+epoch's global order)`` (:func:`erl_plugin.utils.resume.sample_seed`), so every epoch draws new crops and new
 rain, DataLoader workers and DDP ranks draw distinct samples, a run with workers sees the batches of a
 run without, and a resumed run sees those of an uninterrupted one. An index without a seed (validation,
 a plain DataLoader) is seeded from ``(seed, index)``: a fixed set.
@@ -50,7 +50,7 @@ from erl_plugin.data.synthetic_rain import (
     read_photos,
     write_png,
 )
-from erl_plugin.outputs import staged_directory
+from erl_plugin.utils.outputs import staged_directory
 
 __all__ = [
     "SKIMAGE_TEST_PHOTOS",

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name, raintrainh_pairs
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_paired_lmdb
-from erl_plugin.outputs import staged_directory
+from erl_plugin.utils.outputs import staged_directory
 
 __all__ = [
     "BLEND_MODES",

@@ -1,7 +1,7 @@
 """DerainModel: BasicSR's ``SRModel`` with mixed precision, channels_last and ``torch.compile``.
 
 BasicSR 1.4.2 trains and tests in fp32 only. This model reads the options of
-:mod:`erl_plugin.speed` (``train.amp``, ``val.amp``, ``channels_last``, ``compile``) and otherwise
+:mod:`erl_plugin.utils.speed` (``train.amp``, ``val.amp``, ``channels_last``, ``compile``) and otherwise
 behaves as ``SRModel``: with none of them set it computes exactly what ``SRModel`` computes. It
 trains any single network (``model_type: DerainModel``, e.g. MEMD); ERLModel builds on it.
 
@@ -26,13 +26,13 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
 from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
-from erl_plugin.resume import write_training_state
-from erl_plugin.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
+from erl_plugin.utils.resume import write_training_state
+from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
 
 
 @MODEL_REGISTRY.register()
 class DerainModel(SRModel):
-    """``SRModel`` plus the speed options of :mod:`erl_plugin.speed`; see the module docstring."""
+    """``SRModel`` plus the speed options of :mod:`erl_plugin.utils.speed`; see the module docstring."""
 
     @cached_property
     def train_dtype(self) -> torch.dtype | None:
@@ -161,11 +161,11 @@ class DerainModel(SRModel):
             super().save(epoch, current_iter)
 
     def training_state_extras(self) -> dict[str, Any]:
-        """What this model adds to the training state of :mod:`erl_plugin.resume`: the fp16 loss scale."""
+        """What this model adds to the training state of :mod:`erl_plugin.utils.resume`: the fp16 loss scale."""
         return {"grad_scaler": self.grad_scaler.state_dict()} if self.grad_scaler.is_enabled() else {}
 
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """The training state of :mod:`erl_plugin.resume` with :meth:`training_state_extras`."""
+        """The training state of :mod:`erl_plugin.utils.resume` with :meth:`training_state_extras`."""
         write_training_state(self, epoch, current_iter, self.training_state_extras())
         if current_iter != -1:
             self.nonfinite_guard.last_checkpoint = os.path.join(

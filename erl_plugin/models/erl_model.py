@@ -32,11 +32,11 @@ from torch import Tensor, nn
 
 from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
-from erl_plugin.checkpoint import atomic_save
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import Stage, parse_stages
-from erl_plugin.resume import ResumeError
-from erl_plugin.speed import autocast
+from erl_plugin.utils.checkpoint import atomic_save
+from erl_plugin.utils.resume import ResumeError
+from erl_plugin.utils.speed import autocast
 
 SCHEDULERS = {
     "MultiStepLR": lr_scheduler.MultiStepRestartLR,
@@ -265,7 +265,7 @@ class ERLModel(DerainModel):
     def check_resume_state(opt: dict[str, Any], state: dict[str, Any], path: str) -> None:
         """Refuse, before anything is written, a state without a stage or from another stage plan.
 
-        Called by :func:`erl_plugin.resume.load_resume_state`.
+        Called by :func:`erl_plugin.utils.resume.load_resume_state`.
         """
         if state.get("stage") is None or state.get("stages") is None:
             raise ResumeError(

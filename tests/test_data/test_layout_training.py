@@ -11,7 +11,7 @@ from test_create_lmdb import BUILDERS, _build
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.data.convert import convert_dataset
 from erl_plugin.data.layouts import LAYOUTS
-from erl_plugin.options import load_options
+from erl_plugin.engine.options import load_options
 
 
 def _convert(case: str, tmp_path: Path) -> tuple[str, Path, Path]:

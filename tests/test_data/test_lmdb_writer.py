@@ -10,7 +10,7 @@ from conftest import read_lmdb_images
 
 from erl_plugin.data import lmdb_writer
 from erl_plugin.data.lmdb_writer import ImageFileError, write_image_lmdb, write_paired_lmdb
-from erl_plugin.outputs import OutputError
+from erl_plugin.utils.outputs import OutputError
 
 
 def _write(path: Path, image: np.ndarray) -> str:

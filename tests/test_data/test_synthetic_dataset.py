@@ -20,7 +20,7 @@ from erl_plugin.data.synthetic_dataset import (
     synthesize_generalization_splits,
 )
 from erl_plugin.data.synthetic_rain import PRESETS, RainDataError, StreakLayer, add_rain
-from erl_plugin.resume import ResumableSampler, SeededDataset, SeededIndex, sample_seed
+from erl_plugin.utils.resume import ResumableSampler, SeededDataset, SeededIndex, sample_seed
 
 BASE = {"name": "rain", "type": "SyntheticRainDataset", "phase": "train", "gt_size": 24, "num_samples": 12}
 

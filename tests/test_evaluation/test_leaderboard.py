@@ -12,8 +12,8 @@ from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
 from erl_plugin.data.lmdb_writer import read_image
-from erl_plugin.evaluation import derain, load_network
-from erl_plugin.leaderboard import (
+from erl_plugin.evaluation.evaluate import derain, load_network
+from erl_plugin.evaluation.leaderboard import (
     ModelSpec,
     read_models,
     read_reported,
@@ -21,7 +21,7 @@ from erl_plugin.leaderboard import (
     run_leaderboard,
     write_leaderboard,
 )
-from erl_plugin.leaderboard import TestSetSpec as SetSpec
+from erl_plugin.evaluation.leaderboard import TestSetSpec as SetSpec
 from erl_plugin.metrics.protocols import psnr, ssim
 
 TINY = {"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}

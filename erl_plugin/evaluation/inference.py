@@ -26,8 +26,15 @@ from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
 from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
-from erl_plugin.outputs import check_not_input
-from erl_plugin.speed import PRECISIONS, autocast, check_compile, memory_format, prepare_network, resolve_precision
+from erl_plugin.utils.outputs import check_not_input
+from erl_plugin.utils.speed import (
+    PRECISIONS,
+    autocast,
+    check_compile,
+    memory_format,
+    prepare_network,
+    resolve_precision,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -180,7 +187,7 @@ def derain_tiled(
         tile: Tile side, or None to run the whole image at once (see :func:`tiled_forward`).
         overlap: Overlap between tiles in pixels.
         device: Where to run; default: the device of the network's parameters.
-        dtype: Autocast dtype as :func:`~erl_plugin.speed.resolve_precision` gives it for
+        dtype: Autocast dtype as :func:`~erl_plugin.utils.speed.resolve_precision` gives it for
             ``device`` (it falls back to None, fp32, where a precision cannot run).
         channels_last: Feed the network NHWC memory (for a network converted to channels_last).
 
@@ -292,11 +299,11 @@ def derain_paths(
         tile: Tile side, or None for whole images (see :func:`tiled_forward`). Default: 512.
         overlap: Overlap between tiles. Default: 32.
         precision: ``fp32`` (or ``none``), ``bf16`` or ``fp16``: autocast on CUDA; on the CPU bf16
-            runs and fp16 warns and runs fp32 (see :func:`~erl_plugin.speed.resolve_precision`).
+            runs and fp16 warns and runs fp32 (see :func:`~erl_plugin.utils.speed.resolve_precision`).
         device: Where to run. Default: ``cpu``.
         channels_last: Run the network in channels_last (NHWC) memory order.
         compile: ``torch.compile`` the network (true, or a mapping of
-            :data:`~erl_plugin.speed.COMPILE_KEYS`); where unavailable it warns and runs eagerly.
+            :data:`~erl_plugin.utils.speed.COMPILE_KEYS`); where unavailable it warns and runs eagerly.
         side_by_side: Also write ``<stem>_compare.png`` (rainy | derained, 8-bit).
         progress: Show a progress bar.
 

@@ -23,7 +23,7 @@ exact_resume              resume restarts the interrupted epoch from its first b
                           RNG state, maps the state to ``torch.cuda.current_device()`` (fails
                           without CUDA) and looks for it relative to the working directory;
                           validation moves the training RNG streams. Replaced by
-                          :mod:`erl_plugin.resume` (seeded samples, resumable sampler, RNG
+                          :mod:`erl_plugin.utils.resume` (seeded samples, resumable sampler, RNG
                           states, checked states with fallback, ``logger.keep_last``).
 atomic_checkpoints        ``save_network`` and ``save_training_state`` write in place: a kill
                           mid-write leaves a truncated file. Here: temporary file, fsync, rename,
@@ -135,7 +135,7 @@ def _refuse_unsafe_options(argv: list[str]) -> None:
     path = _options_file(argv)
     if path is None:
         return
-    from erl_plugin.options import OptionsError, load_yaml  # noqa: PLC0415 (the plugin is loaded by now)
+    from erl_plugin.engine.options import OptionsError, load_yaml  # noqa: PLC0415 (the plugin is loaded by now)
 
     try:
         load_yaml(path, "options")
@@ -184,7 +184,7 @@ def _exact_resume() -> None:
     import basicsr.train
     from basicsr.models.base_model import BaseModel
 
-    from erl_plugin import resume
+    from erl_plugin.utils import resume
 
     for name in ("load_resume_state", "create_train_val_dataloader"):
         setattr(basicsr.train, name, getattr(resume, name))
@@ -212,7 +212,7 @@ def _atomic_checkpoints() -> None:
     from basicsr.models.base_model import BaseModel
     from basicsr.utils.dist_util import master_only
 
-    from erl_plugin.checkpoint import atomic_save
+    from erl_plugin.utils.checkpoint import atomic_save
 
     @master_only
     def save_network(
@@ -239,7 +239,7 @@ def _safe_load_network() -> None:
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import get_root_logger
 
-    from erl_plugin.checkpoint import load_weights
+    from erl_plugin.utils.checkpoint import load_weights
 
     def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
         net = self.get_bare_model(net)

@@ -1,7 +1,7 @@
 """Exact resume for BasicSR's train loop: RNG streams, data order, checked training states.
 
 BasicSR 1.4.2 restarts the interrupted epoch from its first batch and saves no RNG state, so a
-resumed run sees other batches than an uninterrupted one. :mod:`erl_plugin.compat` (patch
+resumed run sees other batches than an uninterrupted one. :mod:`erl_plugin.engine.compat` (patch
 ``exact_resume``) puts the pieces below into ``basicsr.train``, for ``erl-train`` and for
 ``python basicsr/train.py`` alike:
 
@@ -36,7 +36,7 @@ from basicsr.utils import check_resume, get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from torch.utils.data import Dataset
 
-from erl_plugin.checkpoint import (
+from erl_plugin.utils.checkpoint import (
     CheckpointError,
     atomic_save,
     checkpoint_iterations,

@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
-from erl_plugin.models.nonfinite import NonFiniteLossError
-from erl_plugin.options import (
+from erl_plugin.engine.options import (
     OptionsError,
     apply_overrides,
     import_custom_modules,
@@ -21,7 +20,8 @@ from erl_plugin.options import (
     scale_iterations,
     validate_options,
 )
-from erl_plugin.resume import ResumeError
+from erl_plugin.models.nonfinite import NonFiniteLossError
+from erl_plugin.utils.resume import ResumeError
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:

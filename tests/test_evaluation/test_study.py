@@ -10,8 +10,8 @@ import yaml
 from conftest import REPO, run_python
 
 from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
-from erl_plugin.options import OptionsError, load_options, scale_iterations
-from erl_plugin.study import (
+from erl_plugin.engine.options import OptionsError, load_options, scale_iterations
+from erl_plugin.evaluation.study import (
     StudyError,
     bootstrap_interval,
     format_report,

@@ -2,7 +2,7 @@
 
 Each model (options file + checkpoint) derains every pair of each original test folder (read by
 :class:`~erl_plugin.data.DerainPairedDataset` in ``layout`` mode, so DID's side-by-side images are
-split as in training) at full size with :func:`erl_plugin.evaluation.derain`. A row holds the mean
+split as in training) at full size with :func:`erl_plugin.evaluation.evaluate.derain`. A row holds the mean
 PSNR/SSIM per protocol (:mod:`erl_plugin.metrics.protocols`), the parameters and FLOPs (MACs) at
 1x3x320x320 (the paper's crop size, whatever the test images' sizes), and the median milliseconds
 of one network forward pass per image after one warm-up pass, on a named device.
@@ -32,11 +32,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from erl_plugin.archs.complexity import complexity
-from erl_plugin.benchmark import device_name
 from erl_plugin.data import DerainPairedDataset
-from erl_plugin.evaluation import derain, load_network
+from erl_plugin.engine.options import load_yaml
+from erl_plugin.evaluation.benchmark import device_name
+from erl_plugin.evaluation.evaluate import derain, load_network
 from erl_plugin.metrics.protocols import check_protocol, psnr, ssim
-from erl_plugin.options import load_yaml
 
 COMPLEXITY_SHAPE = (1, 3, 320, 320)
 MEASURED = "measured"

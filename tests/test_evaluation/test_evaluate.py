@@ -11,8 +11,8 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from erl_plugin.archs import MEMD
 from erl_plugin.data.convert import convert_dataset
-from erl_plugin.evaluation import PROTOCOL, derain, evaluate, format_table, score, side_by_side
-from erl_plugin.options import load_options
+from erl_plugin.engine.options import load_options
+from erl_plugin.evaluation.evaluate import PROTOCOL, derain, evaluate, format_table, score, side_by_side
 
 
 def _write_pairs(folder: Path, count: int, size: tuple[int, int] = (20, 28)) -> None:

@@ -10,7 +10,7 @@ import yaml
 from conftest import run_python, tiny_options, write_options
 
 import erl_plugin  # noqa: F401  (registers the datasets)
-from erl_plugin.options import OptionsError, apply_overrides, validate_options
+from erl_plugin.engine.options import OptionsError, apply_overrides, validate_options
 
 ERL_TRAIN = shutil.which("erl-train", path=str(Path(sys.executable).parent))
 ERL_TEST = shutil.which("erl-test", path=str(Path(sys.executable).parent))

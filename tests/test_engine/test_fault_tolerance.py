@@ -22,8 +22,8 @@ import torch
 from conftest import free_port, run_python, tiny_options, write_options
 
 from erl_plugin.archs import MEMD, ERLNet
-from erl_plugin.checkpoint import CheckpointError, atomic_save, prune_checkpoints, safe_load
-from erl_plugin.options import OptionsError, validate_options
+from erl_plugin.engine.options import OptionsError, validate_options
+from erl_plugin.utils.checkpoint import CheckpointError, atomic_save, prune_checkpoints, safe_load
 
 BASICSR_TRAIN = Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py"
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -463,7 +463,7 @@ def test_prune_keeps_the_newest_states_and_named_networks(tmp_path: Path) -> Non
 
 
 def test_no_unsafe_loading_or_code_execution_in_the_plugin() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     sources = [*root.glob("erl_plugin/**/*.py"), *root.glob("tools/*.py"), root / "erl_plugin_hook.py"]
     for path in sources:
         text = path.read_text()

@@ -15,12 +15,12 @@ from basicsr.models.sr_model import SRModel
 from conftest import tiny_options
 from test_models.test_erl_model import model_options
 
-from erl_plugin import speed
 from erl_plugin.archs import MEMD
-from erl_plugin.inference import derain_paths
+from erl_plugin.engine.options import OptionsError, validate_options
+from erl_plugin.evaluation.inference import derain_paths
 from erl_plugin.models import DerainModel, ERLModel
 from erl_plugin.models.nonfinite import NonFiniteLossError
-from erl_plugin.options import OptionsError, validate_options
+from erl_plugin.utils import speed
 
 BACKBONE = {"type": "MEMD", "num_feat": 8, "num_dense_layers": 1, "growth_rate": 8}
 LOSS_RTOL = 1e-2

@@ -37,7 +37,7 @@ from torch import nn
 from erl_plugin.archs import MEMD, ERLNet
 from erl_plugin.archs.complexity import complexity
 from erl_plugin.models import DerainModel, ERLModel
-from erl_plugin.speed import autocast, memory_format, prepare_network, resolve_precision
+from erl_plugin.utils.speed import autocast, memory_format, prepare_network, resolve_precision
 
 STEP_TARGET = 1.35
 INFERENCE_TARGET = 1.6

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from erl_plugin.options import OptionsError, apply_overrides, load_options, load_yaml, scale_iterations
-from erl_plugin.outputs import check_not_input, output_lock
+from erl_plugin.engine.options import OptionsError, apply_overrides, load_options, load_yaml, scale_iterations
+from erl_plugin.utils.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
 BOOTSTRAP_SAMPLES = 10000
@@ -125,7 +125,7 @@ class Study:
 
 def _data_set(entry: Any, where: str, path: str) -> dict[str, Any]:
     if isinstance(entry, str):
-        from erl_plugin.evaluation import dataset_section  # noqa: PLC0415 (basicsr only when a folder is named)
+        from erl_plugin.evaluation.evaluate import dataset_section  # noqa: PLC0415 (basicsr only when a folder is named)
 
         name, _, root = entry.rpartition("=")
         try:
@@ -334,7 +334,7 @@ def read_validation(path: Path) -> list[dict[str, Any]]:
 
 def _score_sets(study: Study, restore: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
     """Per-image PSNR/SSIM (protocol ``basicsr``) of ``restore(rainy)`` on the selection and test sets."""
-    from erl_plugin.evaluation import read_pairs, score, test_pairs  # noqa: PLC0415 (torch only when scoring)
+    from erl_plugin.evaluation.evaluate import read_pairs, score, test_pairs  # noqa: PLC0415 (torch only when scoring)
 
     scores: dict[str, Any] = {}
     for data in study.sets:
@@ -348,7 +348,7 @@ def _score_sets(study: Study, restore: Callable[[np.ndarray], np.ndarray]) -> di
 
 def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, Any]:
     """Per-image scores of a checkpoint's network on the selection and test sets."""
-    from erl_plugin.evaluation import derain, load_network  # noqa: PLC0415
+    from erl_plugin.evaluation.evaluate import derain, load_network  # noqa: PLC0415
 
     net = load_network(options_file, checkpoint)
     return _score_sets(study, lambda rainy: derain(net, rainy))

@@ -18,14 +18,14 @@ from basicsr.utils import tensor2img
 from torch import nn
 
 from erl_plugin.archs.erl_arch import build_backbone
-from erl_plugin.checkpoint import load_weights
 from erl_plugin.data.derain_dataset import DerainPairedDataset
 from erl_plugin.data.layouts import detect_layout
 from erl_plugin.data.lmdb_writer import write_image
-from erl_plugin.inference import derain_tiled
+from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
+from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
-from erl_plugin.options import OptionsError, import_custom_modules, load_options
-from erl_plugin.outputs import check_not_input
+from erl_plugin.utils.checkpoint import load_weights
+from erl_plugin.utils.outputs import check_not_input
 
 PROTOCOL = "basicsr"
 PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"

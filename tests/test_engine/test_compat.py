@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, run_python, tiny_options, write_options
 
-from erl_plugin import compat
+from erl_plugin.engine import compat
 
 DISABLE = compat.DISABLE_ENV
 

@@ -18,12 +18,12 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from erl_plugin.checkpoint import CheckpointError, load_weights
 from erl_plugin.data.dataset_keys import check_keys
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.stages import StageError, parse_stages
-from erl_plugin.speed import check_speed_options, requested_speed_options
+from erl_plugin.utils.checkpoint import CheckpointError, load_weights
+from erl_plugin.utils.speed import check_speed_options, requested_speed_options
 
 
 class OptionsError(ValueError):
@@ -291,7 +291,7 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     Checks the model, network and dataset types against BasicSR's registries, that each network
     builds from its options and takes its pretrained checkpoint, that every dataset path, meta-info
     file and pretrained network exists, that the sections the pipeline reads are present, an
-    ERLModel's stages and teacher checkpoint, and the speed options (:mod:`erl_plugin.speed`).
+    ERLModel's stages and teacher checkpoint, and the speed options (:mod:`erl_plugin.utils.speed`).
 
     Raises:
         OptionsError: naming ``source``, the key and what is allowed.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_python
 
-from erl_plugin.analysis import analyze, intersection_ratio, rain_map, result_indicator_map
+from erl_plugin.evaluation.analysis import analyze, intersection_ratio, rain_map, result_indicator_map
 from erl_plugin.metrics.protocols import PROTOCOLS
 
 SIZE = 16

@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
-from erl_plugin.inference import derain_paths, derain_tiled, resolve_precision, tiled_forward
+from erl_plugin.evaluation.inference import derain_paths, derain_tiled, resolve_precision, tiled_forward
 
 TINY = {"num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
 

@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
 from erl_plugin.data.lmdb_writer import read_image, write_image
-from erl_plugin.evaluation import side_by_side
+from erl_plugin.evaluation.evaluate import side_by_side
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
-from erl_plugin.outputs import check_not_input
+from erl_plugin.utils.outputs import check_not_input
 
 DEFAULT_PROTOCOL = "paper"
 
