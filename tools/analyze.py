@@ -3,8 +3,12 @@
 Writes per_image.csv, summary.md, improvement.png (Fig. 3 style shares) and hardest/<name>.png into
 --out, and prints the summary; every number names the protocol (default: paper, the authors' own).
 
+The clean and rainy images come from a test set in any layout (--data, as the datasets read it; an
+output matches a pair by the pair's name, alone or with BasicSR's _<suffix>), or from folders matched
+by file name (CLEAN_DIR RAINY_DIR).
+
 Example:
-    python tools/analyze.py results/memd results/erl datasets/test/clean datasets/test/rainy \
+    python tools/analyze.py results/memd results/erl --data datasets/Rain100H/test \
         --out results/analysis --protocol paper --hardest 4
 """
 
@@ -12,6 +16,7 @@ import argparse
 import os
 import sys
 
+from erl_plugin.data.layouts import LAYOUTS
 from erl_plugin.evaluation.analysis import DEFAULT_PROTOCOL, analyze, format_summary
 from erl_plugin.metrics.protocols import PROTOCOLS
 from erl_plugin.utils.outputs import output_lock
@@ -21,10 +26,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline_dir", metavar="BASELINE_DIR", help="de-rained outputs of the baseline (MEMD)")
     parser.add_argument("erl_dir", metavar="ERL_DIR", help="de-rained outputs of ERL-Net")
-    parser.add_argument("clean_dir", metavar="CLEAN_DIR", help="clean targets")
     parser.add_argument(
-        "rainy_dir", metavar="RAINY_DIR", nargs="?", default=None, help="rainy inputs (required unless --masks)"
+        "clean_dir", metavar="CLEAN_DIR", nargs="?", default=None, help="clean targets (or --data), matched by name"
     )
+    parser.add_argument(
+        "rainy_dir", metavar="RAINY_DIR", nargs="?", default=None, help="rainy inputs (with CLEAN_DIR, unless --masks)"
+    )
+    parser.add_argument(
+        "--data", help="the test set the outputs come from: any layout (detected, or --layout), or lq.lmdb + gt.lmdb"
+    )
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), help="the layout of --data (default: detected)")
     parser.add_argument("--out", required=True, help="folder for per_image.csv, summary.md, improvement.png, hardest/")
     parser.add_argument(
         "--protocol", default=DEFAULT_PROTOCOL, help=f"PSNR/SSIM/Y protocol: {', '.join(PROTOCOLS)} (default: paper)"
@@ -41,6 +52,8 @@ def main() -> int:
                 args.clean_dir,
                 args.rainy_dir,
                 out_dir=args.out,
+                data=args.data,
+                layout=args.layout,
                 protocol=args.protocol,
                 masks_dir=args.masks,
                 hardest=args.hardest,

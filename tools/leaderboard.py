@@ -10,7 +10,8 @@ Example:
         --protocols basicsr paper matlab --device cuda --matrix --reported docs/reported.yml
 
 MODELS.yml: a list of {name, options, checkpoint, trained_on (optional)}.
-TESTSETS.yml: a list of {name, layout, dataroot} (lq_dir/gt_dir optional, for the pairs layout).
+TESTSETS.yml: a list of {name, dataroot, layout?}: any layout the datasets read (detected when layout is
+left out; lq_dir/gt_dir for the pairs layout), or a folder holding lq.lmdb + gt.lmdb.
 """
 
 import argparse
@@ -33,7 +34,7 @@ def main() -> int:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", required=True, help="YAML list of {name, options, checkpoint, trained_on?}")
-    parser.add_argument("--testsets", required=True, help="YAML list of {name, layout, dataroot}")
+    parser.add_argument("--testsets", required=True, help="YAML list of {name, dataroot, layout?}")
     parser.add_argument("--out", required=True, help="folder for leaderboard.md/.csv (and matrix.md/.csv)")
     parser.add_argument(
         "--protocols", nargs="+", default=list(PROTOCOLS), help=f"any of {', '.join(PROTOCOLS)} (default: all)"

@@ -1,7 +1,9 @@
 """How ERL-Net changes de-raining results compared with a baseline (paper, Section 4.3).
 
-Given de-rained outputs of a baseline (the paper's MEMD) and of ERL-Net, the clean targets and either
-the rainy inputs or binary rain masks, all matched by relative file name:
+Given de-rained outputs of a baseline (the paper's MEMD) and of ERL-Net, and either folders of clean
+targets and rainy inputs (or binary rain masks) matched by relative file name, or a test set in any
+layout the datasets read (an output matches a pair by the pair's name, alone or with BasicSR's
+``_<suffix>``, as ``derain.py`` and ``erl-test`` write them):
 
 - **Improvement shares** (Fig. 3): the share of images whose ERL-Net PSNR is above the baseline's,
   over all images and within the *hard* (baseline PSNR below the baseline's mean) and *easy* (the
@@ -24,10 +26,11 @@ PSNR, SSIM and Y follow a named protocol of :mod:`erl_plugin.metrics.protocols` 
 the authors' own); every written header, table and plot title names it.
 """
 
+import collections
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -37,7 +40,7 @@ from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
 from erl_plugin.data.lmdb_writer import read_image, write_image
-from erl_plugin.evaluation.evaluate import side_by_side
+from erl_plugin.evaluation.evaluate import dataset_section, pair_name, read_pair, side_by_side, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
 from erl_plugin.utils.outputs import check_not_input
 
@@ -149,24 +152,105 @@ def intersection_ratio(region: np.ndarray, rim: np.ndarray) -> float | None:
     return int(np.count_nonzero(region & rim)) / size if size else None
 
 
-def _load(
-    name: str, folders: dict[str, str], masks_dir: str | None, protocol: str
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Read one image per role (``baseline``, ``erl``, ``clean``, maybe ``rainy``) and its BMR."""
-    images = {role: read_image(os.path.join(folder, name), cv2.IMREAD_COLOR) for role, folder in folders.items()}
-    by_folder = {folders[role]: image for role, image in images.items()}
-    if masks_dir is not None:
-        by_folder[masks_dir] = read_image(os.path.join(masks_dir, name), cv2.IMREAD_GRAYSCALE)
+Loaded = tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, str]]
+"""One image's pictures per role (``baseline``, ``erl``, ``clean``, maybe ``rainy``), its rain mask
+(None: threshold the rain map from the rainy image) and the path of each, for messages."""
+
+
+def _rain_region(loaded: Loaded, protocol: str) -> np.ndarray:
+    """BMR of one image, after checking that every picture (and the mask) has the clean image's size."""
+    images, mask, paths = loaded
     height, width = images["clean"].shape[:2]
-    for folder, image in by_folder.items():
+    for role, image in {**images, **({"mask": mask} if mask is not None else {})}.items():
         if image.shape[:2] != (height, width):
             raise ValueError(
-                f"size mismatch: {os.path.join(folder, name)} is {image.shape[1]}x{image.shape[0]} but "
-                f"{os.path.join(folders['clean'], name)} is {width}x{height}"
+                f"size mismatch: {paths[role]} is {image.shape[1]}x{image.shape[0]} but "
+                f"{paths['clean']} is {width}x{height}"
             )
-    if masks_dir is not None:
-        return images, by_folder[masks_dir] != 0
-    return images, rain_map(luma(images["rainy"], protocol), luma(images["clean"], protocol))
+    if mask is not None:
+        return mask != 0
+    return rain_map(luma(images["rainy"], protocol), luma(images["clean"], protocol))
+
+
+def _folder_source(folders: dict[str, str]) -> tuple[list[str], Callable[[str], Loaded]]:
+    """The names common to every folder (``mask`` among them when given) and a loader by relative name."""
+    names = matched_names(list(folders.values()))
+
+    def load(name: str) -> Loaded:
+        paths = {role: os.path.join(folder, name) for role, folder in folders.items()}
+        images = {role: read_image(path, cv2.IMREAD_COLOR) for role, path in paths.items() if role != "mask"}
+        mask = read_image(paths["mask"], cv2.IMREAD_GRAYSCALE) if "mask" in paths else None
+        return images, mask, paths
+
+    return names, load
+
+
+def _aliases(name: str) -> list[str]:
+    """A pair's name, then (for an LMDB key ``sub__folders__file``) its file name alone."""
+    return [name, name.rsplit("__", 1)[1]] if "__" in name else [name]
+
+
+def matched_outputs(folder: str, names: Sequence[str]) -> dict[str, str]:
+    """For each pair name, the one image under ``folder`` named after it: ``<name>.<ext>`` or BasicSR's
+    test output ``<name>_<suffix>.<ext>``, where ``name`` may also be an LMDB key's last part
+    (``rain-001`` for the key ``rainy__rain-001``).
+
+    Raises:
+        ValueError: A pair without an output or with several, an image claimed by several pairs, or one
+            that matches no pair; the message names the folder and the images (up to 10 of each kind).
+    """
+    files = list_images(folder)
+    by_stem = {os.path.splitext(file)[0]: file for file in files}
+    found: dict[str, str] = {}
+    missing, ambiguous = [], []
+    for name in names:
+        for alias in _aliases(name):
+            candidates = (
+                [by_stem[alias]] if alias in by_stem else [f for s, f in by_stem.items() if s.startswith(f"{alias}_")]
+            )
+            if candidates:
+                break
+        if len(candidates) == 1:
+            found[name] = candidates[0]
+        else:
+            (ambiguous if candidates else missing).append(name)
+    claims = collections.Counter(found.values())
+    shared = sorted(file for file, count in claims.items() if count > 1)
+    unmatched = sorted(set(files) - set(found.values()))
+    problems = [
+        f"{label} {', '.join(items[:10])}{f' and {len(items) - 10} more' if len(items) > 10 else ''}"
+        for label, items in (
+            ("no output for", missing),
+            ("several outputs for", ambiguous),
+            ("images matching several pairs:", shared),
+            ("images matching no pair:", unmatched),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{folder}: {'; '.join(problems)} (an output is named <pair>.png or <pair>_<suffix>.png)")
+    return found
+
+
+def _dataset_source(
+    folders: dict[str, str], data: str, layout: str | None
+) -> tuple[list[str], Callable[[str], Loaded]]:
+    """The pair names of a test set (any layout, or an LMDB pair folder) and a loader that reads a pair
+    with the outputs (and mask) named after it."""
+    dataset = test_pairs(dataset_section(data, layout))
+    position = {pair_name(lq_path): index for index, (lq_path, _) in enumerate(dataset.pairs)}
+    names = sorted(position)
+    outputs = {role: matched_outputs(folder, names) for role, folder in folders.items()}
+
+    def load(name: str) -> Loaded:
+        lq_path, gt_path = dataset.pairs[position[name]]
+        paths = {role: os.path.join(folders[role], outputs[role][name]) for role in folders}
+        images = {role: read_image(path, cv2.IMREAD_COLOR) for role, path in paths.items() if role != "mask"}
+        mask = read_image(paths["mask"], cv2.IMREAD_GRAYSCALE) if "mask" in paths else None
+        _, images["rainy"], images["clean"] = read_pair(dataset, position[name])
+        return images, mask, {**paths, "rainy": str(lq_path), "clean": str(gt_path)}
+
+    return names, load
 
 
 def _maps(images: dict[str, np.ndarray], protocol: str) -> np.ndarray:
@@ -331,10 +415,12 @@ def _output_name(name: str) -> str:
 def analyze(
     baseline_dir: str,
     erl_dir: str,
-    clean_dir: str,
+    clean_dir: str | None = None,
     rainy_dir: str | None = None,
     *,
     out_dir: str,
+    data: str | None = None,
+    layout: str | None = None,
     protocol: str = DEFAULT_PROTOCOL,
     masks_dir: str | None = None,
     hardest: int = 4,
@@ -345,10 +431,15 @@ def analyze(
     Args:
         baseline_dir: De-rained outputs of the baseline (MEMD).
         erl_dir: De-rained outputs of ERL-Net.
-        clean_dir: Clean targets.
-        rainy_dir: Rainy inputs; the rain map is thresholded from them. Required unless ``masks_dir``.
+        clean_dir: Clean targets, matched by relative file name. Give this or ``data``.
+        rainy_dir: Rainy inputs beside ``clean_dir``; the rain map is thresholded from them. Required
+            with ``clean_dir`` unless ``masks_dir``.
         out_dir: Receives ``per_image.csv``, ``summary.md``, ``improvement.png`` and
             ``hardest/<name>.png`` (the ``hardest`` images of lowest baseline PSNR).
+        data: A test set in any layout the datasets read (or a folder holding ``lq.lmdb`` and
+            ``gt.lmdb``): its pairs give the clean and rainy images, and the outputs (and masks) are
+            matched by the pair's name (:func:`matched_outputs`). Give this or ``clean_dir``.
+        layout: The layout of ``data``. Default: detected.
         protocol: PSNR/SSIM/Y protocol (``basicsr``, ``paper`` or ``matlab``). Default: ``paper``.
         masks_dir: Binary rain masks (nonzero = rain) used instead of thresholding. Default: None.
         hardest: How many overlays to write. Default: 4.
@@ -358,23 +449,32 @@ def analyze(
         The analysis.
 
     Raises:
-        ValueError: For an unknown protocol, no rainy folder and no masks, a missing or empty folder,
-            folders holding different file names, or images of different sizes.
+        ValueError: For an unknown protocol, both or neither of ``clean_dir`` and ``data``, no rainy
+            folder and no masks, a missing or empty folder, folders holding different file names (or
+            outputs that do not match the pairs), or images of different sizes.
+        LayoutError: No layout reads ``data`` (the message lists those tried).
     """
     check_protocol(protocol)
-    if rainy_dir is None and masks_dir is None:
+    if (clean_dir is None) == (data is None):
+        raise ValueError("give the clean targets either as CLEAN_DIR or as a test set with --data, not both")
+    if data is not None and rainy_dir is not None:
+        raise ValueError("--data gives the rainy inputs too: drop RAINY_DIR")
+    if data is None and rainy_dir is None and masks_dir is None:
         raise ValueError("no rainy folder and no masks folder: the rain map needs one of them")
     if hardest < 0:
         raise ValueError(f"hardest must be 0 or more, got {hardest}")
-    folders = {"baseline": baseline_dir, "erl": erl_dir, "clean": clean_dir}
-    if rainy_dir is not None:
-        folders["rainy"] = rainy_dir
-    sources = [*folders.values(), *([masks_dir] if masks_dir is not None else [])]
-    check_not_input(out_dir, sources, "--out")
-    names = matched_names(sources)
+    outputs = {"baseline": baseline_dir, "erl": erl_dir, **({"mask": masks_dir} if masks_dir is not None else {})}
+    if data is not None:
+        check_not_input(out_dir, [*outputs.values(), data], "--out")
+        names, load = _dataset_source(outputs, data, layout)
+    else:
+        folders = {**outputs, "clean": clean_dir, **({"rainy": rainy_dir} if rainy_dir is not None else {})}
+        check_not_input(out_dir, list(folders.values()), "--out")
+        names, load = _folder_source(folders)
     results = []
     for name in tqdm(names, desc=f"analyze ({protocol})", unit="image", disable=not progress):
-        images, rain = _load(name, folders, masks_dir, protocol)
+        loaded = load(name)
+        images, rain = loaded[0], _rain_region(loaded, protocol)
         rim = _maps(images, protocol)
         results.append(
             ImageResult(
@@ -393,7 +493,7 @@ def analyze(
         handle.write(format_summary(analysis) + "\n")
     plot_improvement(os.path.join(out_dir, "improvement.png"), analysis)
     for result in sorted(results, key=lambda item: item.baseline_psnr)[:hardest]:
-        images, rain = _load(result.name, folders, masks_dir, protocol)
-        picture = overlay(images, _maps(images, protocol), rain, result, protocol)
+        loaded = load(result.name)
+        picture = overlay(loaded[0], _maps(loaded[0], protocol), _rain_region(loaded, protocol), result, protocol)
         write_image(os.path.join(out_dir, "hardest", _output_name(result.name)), picture)
     return analysis

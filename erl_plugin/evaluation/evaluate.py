@@ -101,12 +101,21 @@ def test_pairs(section: Mapping[str, Any]) -> DerainPairedDataset:
     return DerainPairedDataset({"phase": "test", **section})
 
 
+def pair_name(lq_path: str) -> str:
+    """A pair's name: its rainy file's name without the extension (what BasicSR's test names outputs by)."""
+    return os.path.splitext(os.path.basename(str(lq_path)))[0]
+
+
+def read_pair(dataset: DerainPairedDataset, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(name, rainy, clean)`` of one pair of a test dataset, as BGR uint8 images."""
+    item = dataset[index]
+    return pair_name(item["lq_path"]), tensor2img(item["lq"]), tensor2img(item["gt"])
+
+
 def read_pairs(dataset: DerainPairedDataset) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, rainy, clean)`` BGR uint8 images of a test dataset, one pair at a time."""
     for index in range(len(dataset)):
-        item = dataset[index]
-        name = os.path.splitext(os.path.basename(str(item["lq_path"])))[0]
-        yield name, tensor2img(item["lq"]), tensor2img(item["gt"])
+        yield read_pair(dataset, index)
 
 
 def derain(net: nn.Module, image: np.ndarray) -> np.ndarray:

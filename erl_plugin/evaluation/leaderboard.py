@@ -1,8 +1,9 @@
 """A leaderboard: every checkpoint on every test set, scored under several named protocols.
 
-Each model (options file + checkpoint) derains every pair of each original test folder (read by
-:class:`~erl_plugin.data.DerainPairedDataset` in ``layout`` mode, so DID's side-by-side images are
-split as in training) at full size with :func:`erl_plugin.evaluation.evaluate.derain`. A row holds the mean
+Each model (options file + checkpoint) derains every pair of each test folder (any layout the
+datasets read, detected when not given, or an LMDB pair folder; read by
+:class:`~erl_plugin.data.DerainPairedDataset`, so DID's side-by-side images are split as in
+training) at full size with :func:`erl_plugin.evaluation.evaluate.derain`. A row holds the mean
 PSNR/SSIM per protocol (:mod:`erl_plugin.metrics.protocols`), the parameters and FLOPs (MACs) at
 1x3x320x320 (the paper's crop size, whatever the test images' sizes), and the median milliseconds
 of one network forward pass per image after one warm-up pass, on a named device.
@@ -35,14 +36,14 @@ from erl_plugin.archs.complexity import complexity
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.engine.options import load_yaml
 from erl_plugin.evaluation.benchmark import device_name
-from erl_plugin.evaluation.evaluate import derain, load_network
+from erl_plugin.evaluation.evaluate import dataset_section, derain, load_network, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, psnr, ssim
 
 COMPLEXITY_SHAPE = (1, 3, 320, 320)
 MEASURED = "measured"
 REPORTED = "reported"
 _MODEL_KEYS = {"name": True, "options": True, "checkpoint": True, "trained_on": False}
-_TEST_SET_KEYS = {"name": True, "layout": True, "dataroot": True, "lq_dir": False, "gt_dir": False}
+_TEST_SET_KEYS = {"name": True, "layout": False, "dataroot": True, "lq_dir": False, "gt_dir": False}
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,12 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TestSetSpec:
-    """One entry of TESTSETS.yml: an original test folder and its layout (``lq_dir``/``gt_dir`` for ``pairs``)."""
+    """One entry of TESTSETS.yml: a test folder in any layout (None: detected; ``lq_dir``/``gt_dir`` for
+    ``pairs``), or a folder holding ``lq.lmdb`` and ``gt.lmdb``."""
 
     name: str
-    layout: str
     dataroot: str
+    layout: str | None = None
     lq_dir: str | None = None
     gt_dir: str | None = None
 
@@ -139,7 +141,7 @@ def read_models(path: str) -> list[ModelSpec]:
 
 
 def read_test_sets(path: str) -> list[TestSetSpec]:
-    """Read TESTSETS.yml: a list of ``{name, layout, dataroot}`` (``lq_dir``/``gt_dir`` optional)."""
+    """Read TESTSETS.yml: a list of ``{name, dataroot, layout?}`` (``lq_dir``/``gt_dir`` optional)."""
     return [TestSetSpec(**entry) for entry in _read_entries(path, "test sets", _TEST_SET_KEYS)]
 
 
@@ -179,9 +181,9 @@ def read_reported(path: str) -> list[Row]:
 
 
 def _dataset(spec: TestSetSpec) -> DerainPairedDataset:
-    opt = {"name": spec.name, "layout": spec.layout, "dataroot": spec.dataroot, "phase": "test"}
-    opt.update({key: value for key, value in (("lq_dir", spec.lq_dir), ("gt_dir", spec.gt_dir)) if value})
-    dataset = DerainPairedDataset(opt)
+    section = dataset_section(spec.dataroot, spec.layout, spec.name)
+    section.update({key: value for key, value in (("lq_dir", spec.lq_dir), ("gt_dir", spec.gt_dir)) if value})
+    dataset = test_pairs(section)
     if len(dataset) == 0:
         raise ValueError(f"test set {spec.name!r}: no image pairs in {spec.dataroot}")
     return dataset

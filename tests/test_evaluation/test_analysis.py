@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_python
 
+from erl_plugin.data.convert import convert_dataset
 from erl_plugin.evaluation.analysis import analyze, intersection_ratio, rain_map, result_indicator_map
 from erl_plugin.metrics.protocols import PROTOCOLS
 
@@ -163,6 +164,59 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def _rain100h(root: Path, cases: dict[int, dict[str, np.ndarray]]) -> Path:
+    """Rain100H as published (norain-NNN.png, rainy/rain-NNN.png); outputs named as derain.py writes them
+    (baseline/rain-NNN.png) and as BasicSR's test writes them (erl/rain-NNN_erl.png)."""
+    data = root / "Rain100H"
+    for folder in (data / "rainy", root / "baseline", root / "erl"):
+        folder.mkdir(parents=True, exist_ok=True)
+    for index, images in cases.items():
+        assert cv2.imwrite(str(data / f"norain-{index:03d}.png"), images["clean"])
+        assert cv2.imwrite(str(data / "rainy" / f"rain-{index:03d}.png"), images["rainy"])
+        assert cv2.imwrite(str(root / "baseline" / f"rain-{index:03d}.png"), images["baseline"])
+        assert cv2.imwrite(str(root / "erl" / f"rain-{index:03d}_erl.png"), images["erl"])
+    return data
+
+
+def test_a_test_set_in_any_layout_gives_the_clean_and_rainy_images(tmp_path: Path) -> None:
+    data = _rain100h(tmp_path, {1: _case(24, 56), 2: _case(16, 28)})
+    by_folder = tmp_path / "folders"
+    _write(by_folder, "rain-001.png", _case(24, 56))
+    _write(by_folder, "rain-002.png", _case(16, 28))
+    expected = analyze(*_dirs(by_folder), out_dir=str(tmp_path / "expected"), progress=False)
+    dirs = (str(tmp_path / "baseline"), str(tmp_path / "erl"))
+    analysis = analyze(*dirs, data=str(data), out_dir=str(tmp_path / "out"), progress=False)
+    assert [image.name for image in analysis.images] == ["rain-001", "rain-002"]
+    for got, want in zip(analysis.images, expected.images, strict=True):
+        assert (got.erl_psnr, got.baseline_ssim, got.ior, got.iob) == (
+            want.erl_psnr,
+            want.baseline_ssim,
+            want.ior,
+            want.iob,
+        )
+    assert sorted(path.name for path in (tmp_path / "out/hardest").iterdir()) == ["rain-001.png", "rain-002.png"]
+    convert_dataset("rain100h", data, tmp_path / "packed", progress=False)
+    packed = analyze(*dirs, data=str(tmp_path / "packed"), out_dir=str(tmp_path / "out_lmdb"), progress=False)
+    assert packed.miou_rain == analysis.miou_rain and packed.erl_mean_psnr == analysis.erl_mean_psnr
+
+    out = str(tmp_path / "bad")
+    (tmp_path / "erl/rain-002_erl.png").rename(tmp_path / "erl/rain-002_erl_old.png")
+    cv2.imwrite(str(tmp_path / "erl/rain-002_erl.png"), _case(16, 28)["erl"])
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'erl'}: several outputs for rain-002")):
+        analyze(*dirs, data=str(data), out_dir=out, progress=False)
+    (tmp_path / "erl/rain-002_erl.png").unlink()
+    (tmp_path / "erl/rain-002_erl_old.png").rename(tmp_path / "erl/stray.png")
+    with pytest.raises(ValueError, match=r"no output for rain-002; images matching no pair: stray.png"):
+        analyze(*dirs, data=str(data), out_dir=out, progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        analyze(*dirs, str(data), data=str(data), out_dir=out, progress=False)
+    (tmp_path / "odd").mkdir()
+    cv2.imwrite(str(tmp_path / "odd/photo.png"), _case(1, 1)["clean"])
+    with pytest.raises(ValueError, match=r"no known layout reads it \(it holds photo.png\)"):
+        analyze(*dirs, data=str(tmp_path / "odd"), out_dir=out, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_tool_writes_all_outputs(tmp_path: Path) -> None:
     _write(tmp_path, "a.png", _case(24, 56))
     _write(tmp_path, "b.png", _case(16, 28))
@@ -177,6 +231,13 @@ def test_tool_writes_all_outputs(tmp_path: Path) -> None:
     assert cv2.imread(str(tmp_path / "out/improvement.png")) is not None
     overlays = list((tmp_path / "out/hardest").iterdir())
     assert len(overlays) == 1 and cv2.imread(str(overlays[0])).shape[1] == 6 * 256  # rainy .. rain map
+
+    data = _rain100h(tmp_path / "set", {1: _case(24, 56), 2: _case(16, 28)})
+    from_set = run_python(
+        [tool, "set/baseline", "set/erl", "--data", str(data), "--out", "out_set", "--no-progress"], tmp_path
+    )
+    assert from_set.returncode == 0, from_set.stderr
+    assert "| mIoR | 0.6250 |" in (tmp_path / "out_set/summary.md").read_text()
 
     bad = run_python([tool, *_dirs(tmp_path), "--out", "out", "--protocol", "nope"], tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

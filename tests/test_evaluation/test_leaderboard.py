@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
+from erl_plugin.data.convert import convert_dataset
 from erl_plugin.data.lmdb_writer import read_image
 from erl_plugin.evaluation.evaluate import derain, load_network
 from erl_plugin.evaluation.leaderboard import (
@@ -153,7 +154,7 @@ def test_reported_rows_are_marked_and_match_the_yaml(tmp_path: Path) -> None:
 def _spec_error(setup: dict[str, Path], match: str, **changes: object) -> None:
     root = setup["root"]
     model = ModelSpec("A", str(root / "opt.yml"), str(root / "memd0.pth"))
-    test_set = SetSpec("Pairs", "pairs", str(root / "pairs"))
+    test_set = SetSpec("Pairs", str(root / "pairs"), layout="pairs")
     protocols = changes.pop("protocols", PROTOCOLS)
     model = changes.pop("model", model)
     test_set = changes.pop("test_set", test_set)
@@ -169,10 +170,32 @@ def test_bad_input(setup: dict[str, Path], tmp_path: Path) -> None:
     _spec_error(setup, "wide.pth does not fit", model=ModelSpec("W", str(root / "opt.yml"), str(tmp_path / "wide.pth")))
     (tmp_path / "empty" / "input").mkdir(parents=True)
     (tmp_path / "empty" / "target").mkdir()
-    _spec_error(setup, "no image files", test_set=SetSpec("E", "pairs", str(tmp_path / "empty")))
+    _spec_error(setup, "no image files", test_set=SetSpec("E", str(tmp_path / "empty"), layout="pairs"))
     (tmp_path / "bad.yml").write_text(yaml.safe_dump([{"name": "A", "options": "o.yml"}]))
     with pytest.raises(ValueError, match="'checkpoint' = None"):
         read_models(str(tmp_path / "bad.yml"))
+
+
+def test_test_sets_in_any_layout_detected_or_packed(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Rain100H as published with no layout named (detected), and the same pairs as an LMDB pair folder."""
+    root = setup["root"]
+    convert_dataset("rain100h", root / "rain100h", tmp_path / "packed", progress=False)
+    sets = [SetSpec("Detected", str(root / "rain100h")), SetSpec("Packed", str(tmp_path / "packed"))]
+    model = read_models(str(setup["models"]))[0]
+    detected, packed = run_leaderboard([model], sets, ("basicsr",), progress=False)
+    assert detected.images == packed.images == 3
+    assert detected.psnr["basicsr"] == pytest.approx(packed.psnr["basicsr"], abs=1e-9)
+    expected = _expected(
+        root,
+        "memd0.pth",
+        [(f"rain100h/rainy/rain-{i:03d}.png", f"rain100h/norain-{i:03d}.png") for i in (1, 2, 3)],
+        "basicsr",
+    )
+    assert detected.psnr["basicsr"] == pytest.approx(expected[0], abs=1e-9)
+    (tmp_path / "odd").mkdir()
+    cv2.imwrite(str(tmp_path / "odd" / "photo.png"), _image(np.random.default_rng(1)))
+    with pytest.raises(ValueError, match=r"no known layout reads it \(it holds photo.png\); tried rain100h"):
+        run_leaderboard([model], [SetSpec("Odd", str(tmp_path / "odd"))], ("basicsr",), progress=False)
 
 
 def test_cli_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
