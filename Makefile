@@ -34,5 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# One pytest worker per core (pytest-xdist); each test process forks its subprocesses from a warm
+# interpreter (tests/warm_python.py). `pytest -n 0` runs in one process, for debugging.
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto

@@ -57,7 +57,7 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "ruff"]},
     entry_points={
         "console_scripts": [
             "erl-train = erl_plugin.train:main",

@@ -1,39 +1,115 @@
 """Shared fixtures: a tiny paired LMDB, tiny training options, and subprocess helpers.
 
-Training, torchrun and the start-up hook run in subprocesses, as users run them: each gets a fresh
-interpreter, so compat patches, registries and py-lmdb's process state start clean.
+Training, torchrun and the start-up hook run in subprocesses, as users run them, so compat patches,
+registries and py-lmdb's process state start clean in each. :func:`run_python` forks them from a warm
+interpreter that has imported torch and the other third-party libraries but never BasicSR or the
+plugin (``tests/warm_python.py``), which saves seconds per process; a run whose environment changes
+what an interpreter reads at start-up gets a fresh one, and ``ERL_PLUGIN_TESTS_COLD=1`` gives every run
+a fresh one. Tests use one torch thread per process (``OMP_NUM_THREADS=1`` unless set), so that the
+suite's parallel workers do not contend for the two cores.
 """
 
+import atexit
 import copy
+import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
-import cv2
-import lmdb
-import numpy as np
-import pytest
-import yaml
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: libgomp reads it once
 
-from erl_plugin.data.lmdb_writer import write_paired_lmdb
+import cv2  # noqa: E402
+import lmdb  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from warm_python import needs_cold_start  # noqa: E402
+
+from erl_plugin.data.lmdb_writer import write_paired_lmdb  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+COLD_ENV = "ERL_PLUGIN_TESTS_COLD"
+
+
+class _WarmPython:
+    """The client of one ``tests/warm_python.py`` server per test process, started on first use."""
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen | None = None
+        self.base_env: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def _start(self) -> bool:
+        self.base_env = dict(os.environ)
+        self.server = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "warm_python.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
+        atexit.register(self._stop, self.server)
+        if self.server.stdout.readline() != '{"ready": true}\n':
+            self.server.kill()
+            self.server = None
+        return self.server is not None
+
+    @staticmethod
+    def _stop(server: subprocess.Popen) -> None:
+        server.stdin.close()  # the server's loop ends with its input
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stdout.close()
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        """``python ARGS`` as a fork of the server; raises ``subprocess.TimeoutExpired`` as ``subprocess.run``."""
+        with self.lock, tempfile.TemporaryDirectory(prefix="warm_python_") as scratch:
+            if self.server is None or self.server.poll() is not None:
+                self._start()
+            outputs = {"stdout": os.path.join(scratch, "stdout"), "stderr": os.path.join(scratch, "stderr")}
+            request = {"argv": args, "cwd": str(cwd), "env": env, **outputs}
+            self.server.stdin.write(json.dumps(request) + "\n")
+            pid = json.loads(self.server.stdout.readline())["pid"]
+            ready, _, _ = select.select([self.server.stdout], [], [], timeout)
+            if not ready:
+                os.killpg(pid, signal.SIGKILL)
+            returncode = json.loads(self.server.stdout.readline())["returncode"]
+            text = {name: Path(path).read_text(errors="replace") for name, path in outputs.items()}
+        command = [sys.executable, *args]
+        if not ready:
+            raise subprocess.TimeoutExpired(command, timeout, text["stdout"], text["stderr"])
+        return subprocess.CompletedProcess(command, returncode, text["stdout"], text["stderr"])
+
+
+_WARM = _WarmPython()
+
+
 def run_python(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300, cold: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` with this interpreter; stdout and stderr are captured as text."""
+    """Run ``python ARGS`` with this interpreter; stdout and stderr are captured as text.
+
+    ``cold``: in a fresh interpreter even where a fork would do (a test of what start-up does).
+    """
+    full_env = {**os.environ, **(env or {})}
+    warm = not cold and os.environ.get(COLD_ENV) != "1"
+    if warm and not needs_cold_start(args, full_env, _WARM.base_env or dict(os.environ)):
+        return _WARM.run(args, cwd, full_env, timeout)
     return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
 
 

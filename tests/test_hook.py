@@ -26,7 +26,7 @@ def test_editable_install_has_the_hook() -> None:
 
 
 def test_startup_installs_the_finder_without_importing_torch(tmp_path: Path) -> None:
-    assert run_python(["-c", STARTUP], tmp_path).stdout.split() == ["False", "True"]
+    assert run_python(["-c", STARTUP], tmp_path, cold=True).stdout.split() == ["False", "True"]
 
 
 def test_startup_cost_is_under_10_ms(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_startup_cost_is_under_10_ms(tmp_path: Path) -> None:
 
 def test_environment_variable_disables_it(tmp_path: Path) -> None:
     env = {erl_plugin_hook.DISABLE_ENV: "1"}
-    assert run_python(["-c", STARTUP], tmp_path, env).stdout.split() == ["False", "False"]
+    assert run_python(["-c", STARTUP], tmp_path, env, cold=True).stdout.split() == ["False", "False"]
     plain = run_python(["-c", "import basicsr"], tmp_path, env)
     assert "functional_tensor" in plain.stderr  # basicsr 1.4.2 alone does not import here
 
