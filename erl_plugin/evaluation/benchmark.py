@@ -25,7 +25,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -155,33 +155,42 @@ def train_benchmark(
     device: torch.device,
     repeats: int = 5,
     warmup: int = 2,
+    only: Collection[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Seconds per training step, images/s and peak memory of MEMD and each MA_D stage in ``setting``.
 
     Rows: ``MEMD (SRModel)`` (fp32 only: SRModel has no speed options), ``MEMD (DerainModel)``, and
-    ERLModel's ``teacher``, ``stage1``, ``stage2``, ``stage3``.
+    ERLModel's ``teacher``, ``stage1``, ``stage2``, ``stage3``; ``only`` keeps the rows it names. With
+    warm-up, ``first_step_s`` is the first step's time (compilation and autotuning included).
     """
     torch.manual_seed(0)
     data = {key: torch.rand(batch, 3, patch, patch) for key in ("lq", "gt")}
     rows: dict[str, dict[str, float]] = {}
 
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     def measure(name: str, step: Callable[[], None]) -> None:
         record: dict[str, float] = {}
         with _peak_memory(device, record):
-            seconds = _median_seconds(step, repeats, warmup, device)
+            if warmup:
+                record["first_step_s"] = _time_once(step, device)
+            seconds = _median_seconds(step, repeats, max(warmup - 1, 0), device)
         rows[name] = {"step_s": seconds, "imgs_per_s": batch / seconds, **record}
 
     with tempfile.TemporaryDirectory() as folder:
-        if setting == FP32:
+        if setting == FP32 and wanted("MEMD (SRModel)"):
             measure(
                 "MEMD (SRModel)", _stepper(SRModel(_model_options(backbone, folder, device, "SRModel", FP32)), data)
             )
-        derain = DerainModel(_model_options(backbone, folder, device, "DerainModel", setting))
-        measure("MEMD (DerainModel)", _stepper(derain, data))
-        del derain
+        if wanted("MEMD (DerainModel)"):
+            derain = DerainModel(_model_options(backbone, folder, device, "DerainModel", setting))
+            measure("MEMD (DerainModel)", _stepper(derain, data))
+            del derain
         erl = ERLModel(_model_options(backbone, folder, device, "ERLModel", setting))
         for name, step in _erl_stages(erl, data):
-            measure(name, step)
+            if wanted(name):
+                measure(name, step)
     return rows
 
 
