@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt-dir", default="target", help="clean folder for --layout pairs (default: target)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad pairs (listed in DST/skipped.txt)")
+    parser.add_argument(
+        "--allow-identity", action="store_true", help="write pairs whose rainy and clean files are identical"
+    )
     parser.add_argument("--workers", type=int, default=1, help="decoding/encoding processes (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             gt_dir=args.gt_dir,
             overwrite=args.overwrite,
             skip_bad=args.skip_bad,
+            allow_identity=args.allow_identity,
             workers=args.workers,
             progress=not args.no_progress,
         )

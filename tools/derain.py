@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         checkpoint, param_key = checkpoint_from_options(args.opt, args.checkpoint)
-        net = load_network(args.opt, checkpoint, param_key)  # a bad checkpoint raises ValueError naming it
+        network = load_network(args.opt, checkpoint, param_key)  # a bad checkpoint raises ValueError naming it
+        print(f"de-raining with {network.scored}, from {checkpoint}", flush=True)
         report = derain_paths(
-            net,
+            network.net,
             args.input,
             args.output,
             tile=None if args.no_tile else args.tile,

@@ -14,7 +14,7 @@ import os
 import sys
 
 from erl_plugin.data.layouts import LAYOUTS
-from erl_plugin.evaluation.evaluate import PROTOCOL, evaluate, format_table
+from erl_plugin.evaluation.evaluate import PROTOCOL, evaluate
 from erl_plugin.utils.outputs import output_lock
 
 
@@ -46,7 +46,8 @@ def main() -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(args.data, means))
+    with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as summary:
+        print(summary.read().rstrip())  # the table, with the network each checkpoint was scored as
     rainy = means["rainy input"].psnr
     print()
     for label, _, _ in args.model:

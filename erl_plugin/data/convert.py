@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from erl_plugin.data.dataset_check import IDENTITY_SAMPLE, identical_files
 from erl_plugin.data.layouts import SIDE_BY_SIDE_LAYOUTS, find_pairs, source_root, strip_extension
 from erl_plugin.data.lmdb_writer import (
     ImageFileError,
@@ -140,6 +141,7 @@ def convert_dataset(
     gt_dir: str = "target",
     overwrite: bool = False,
     skip_bad: bool = False,
+    allow_identity: bool = False,
     workers: int = 1,
     progress: bool = True,
 ) -> ConversionSummary:
@@ -158,6 +160,8 @@ def convert_dataset(
         overwrite: Replace an existing non-empty ``dst``. Default: False.
         skip_bad: Leave out pairs with an unreadable image or mismatched sizes (listed in
             ``skipped.txt``) instead of stopping. Default: False.
+        allow_identity: Write pairs whose rainy and clean files are identical (the first pairs are
+            compared; identical ones would train an identity network). Default: False.
         workers: Processes that decode and encode images; 1 does it in this process. Default: 1.
         progress: Show a tqdm progress bar. Default: True.
 
@@ -166,7 +170,8 @@ def convert_dataset(
 
     Raises:
         LayoutError: If ``src`` does not match ``layout`` (see :mod:`erl_plugin.data.layouts`).
-        ConversionError: For a bad pair without ``skip_bad``, or when every pair was skipped.
+        ConversionError: For a bad pair without ``skip_bad``, when every pair was skipped, or for
+            identical rainy and clean files without ``allow_identity``.
         FileExistsError: If ``dst`` exists, is not empty, and ``overwrite`` is False.
         RuntimeError: If the written data set fails verification.
     """
@@ -178,6 +183,17 @@ def convert_dataset(
             raise ValueError(f"source path {path!r} holds a tab or line break; rename it")
     root = source_root(layout, src)
     side_by_side = layout in SIDE_BY_SIDE_LAYOUTS
+    if (
+        not side_by_side
+        and not allow_identity
+        and identical_files([(str(root / lq), str(root / gt)) for lq, gt in pairs])
+    ):
+        lq, gt = pairs[0]
+        raise ConversionError(
+            f"the first {min(len(pairs), IDENTITY_SAMPLE)} pairs have identical rainy and clean files ({root / lq} = "
+            f"{root / gt}): the LMDB would train an identity network; check the rainy and clean folders "
+            "(--lq-dir/--gt-dir for --layout pairs), or pass --allow-identity if this is meant"
+        )
     lq_keys = make_keys(lq for lq, _ in pairs)
     gt_keys = make_keys(gt for _, gt in pairs)
     lq_note, gt_note = ("#left", "#right") if side_by_side else ("", "")

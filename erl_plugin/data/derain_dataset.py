@@ -64,6 +64,7 @@ _OWN_KEYS = {
     "use_crop": "random crops",
     "use_hflip": "horizontal flips",
     "use_rot": "vertical flips and rotations",
+    "allow_identity": "true: identical rainy and clean images are meant (the start-up check refuses them)",
     "small_images": "pad or skip",
     **{key: f"refused: {reason}" for key, reason in _UNSUPPORTED.items()},
 }
@@ -81,7 +82,7 @@ def _is_lmdb(root: str, backend: str) -> bool:
     return backend == "lmdb" or root.rstrip("/\\").endswith(".lmdb")
 
 
-def _read_meta_info(lmdb_path: str) -> dict[str, tuple[int, int]]:
+def read_meta_info(lmdb_path: str) -> dict[str, tuple[int, int]]:
     """Keys of a BasicSR LMDB in meta_info.txt order, with their (height, width)."""
     meta_path = os.path.join(lmdb_path, "meta_info.txt")
     if not os.path.isfile(meta_path):
@@ -300,7 +301,7 @@ class DerainPairedDataset(data.Dataset):
         return [(os.path.join(self.lq_root, name), os.path.join(self.gt_root, name)) for name in lq_names]
 
     def _lmdb_pairs(self) -> list[tuple[str, str]]:
-        self._lmdb_sizes = {"lq": _read_meta_info(self.lq_root), "gt": _read_meta_info(self.gt_root)}
+        self._lmdb_sizes = {"lq": read_meta_info(self.lq_root), "gt": read_meta_info(self.gt_root)}
         parent = os.path.dirname(os.path.realpath(self.lq_root))
         pair_list = self.pair_list
         if pair_list is None and parent == os.path.dirname(os.path.realpath(self.gt_root)):

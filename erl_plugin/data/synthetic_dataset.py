@@ -24,6 +24,7 @@ Example options::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -154,6 +155,7 @@ class SyntheticRainDataset(data.Dataset):
 
     def __init__(self, opt: Mapping[str, Any]) -> None:
         super().__init__()
+        self.opt = copy.deepcopy(dict(opt))  # BasicSR's validation reads opt["name"]
         check_keys("SyntheticRainDataset", opt, _OWN_KEYS)
         if opt.get("scale", 1) != 1:
             raise _error("scale", opt["scale"], "deraining keeps the size: expected 1")

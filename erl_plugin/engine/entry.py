@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
+from erl_plugin.data.lmdb_writer import ImageFileError
 from erl_plugin.engine.options import (
     OptionsError,
     apply_overrides,
@@ -81,4 +82,20 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
         except (ResumeError, NonFiniteLossError) as error:  # bad resume input (2), or training diverged (1)
             print(f"error: {error}", file=sys.stderr)
             return 2 if isinstance(error, ResumeError) else 1
+        except ImageFileError as error:  # a file only decoding finds broken; checkpoints so far are kept
+            print(f"error: {_last_line(error)}; {BAD_FILE_REMEDY}", file=sys.stderr)
+            return 2
     return 0
+
+
+BAD_FILE_REMEDY = (
+    "remove or replace the file (for an LMDB: re-create it with tools/create_lmdb.py --skip-bad), then "
+    "resume with --auto_resume"
+)
+
+
+def _last_line(error: Exception) -> str:
+    """The message itself: a DataLoader worker's re-raised error carries the worker's traceback first."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else repr(error)
+    return last.split(f"{type(error).__name__}: ", 1)[-1]

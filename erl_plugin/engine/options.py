@@ -18,11 +18,13 @@ import torch
 import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from erl_plugin.data.dataset_check import DatasetCheckError, check_dataset
 from erl_plugin.data.dataset_keys import check_keys
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
+from erl_plugin.models.erl_model import check_optimizers
 from erl_plugin.models.stages import StageError, parse_stages
-from erl_plugin.utils.checkpoint import CheckpointError, load_weights
+from erl_plugin.utils.checkpoint import CheckpointError, load_weights, state_dict_mismatch
 from erl_plugin.utils.speed import check_speed_options, requested_speed_options
 
 
@@ -218,9 +220,11 @@ def _check_checkpoint_fits(
         raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
     try:
         net.load_state_dict(params, strict=path.get(f"strict_load_{suffix}", True))
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, ValueError):
         what = what or f"network_{suffix}"
-        raise OptionsError(f"{source}: path.{key}: {checkpoint} does not fit {what}: {error}") from None
+        raise OptionsError(
+            f"{source}: path.{key}: {checkpoint} does not fit {what}: {state_dict_mismatch(net, params)}"
+        ) from None
 
 
 def _check_speed(opt: Mapping[str, Any], source: str) -> None:
@@ -246,9 +250,11 @@ def _check_iterations(value: Any, where: str, source: str) -> None:
 def _check_numbers(opt: Mapping[str, Any], source: str) -> None:
     """Learning rates, weight decays and loss weights are numbers; YAML reads ``1e-3`` as a string."""
     train = opt.get("train") or {}
+    stages = train.get("stages") if isinstance(train.get("stages"), list) else []
     sections = {
         "train": train,
         **{f"train.stage_options.{k}": v for k, v in (train.get("stage_options") or {}).items()},
+        **{f"train.stages[{i}]": v for i, v in enumerate(stages) if isinstance(v, Mapping)},
     }
     for prefix, section in sections.items():
         for group, keys in (
@@ -341,6 +347,11 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     for key, value in (opt["path"] or {}).items():
         if key.startswith("pretrain_network_"):
             _check_path(value, f"path.{key}", source)
+    for phase, dataset in datasets.items():
+        try:
+            check_dataset(dataset, phase, is_train, opt.get("scale", 1))
+        except DatasetCheckError as error:
+            raise OptionsError(f"{source}: datasets.{phase}: {error}") from None
     if is_train:
         if "train" not in datasets:
             raise OptionsError(f"{source}: datasets.train is missing (the training set; phases: {', '.join(datasets)})")
@@ -366,6 +377,11 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         try:
             parse_stages(opt)
         except StageError as error:
+            raise OptionsError(f"{source}: {error}") from None
+    if is_train:
+        try:
+            check_optimizers(opt)
+        except ValueError as error:
             raise OptionsError(f"{source}: {error}") from None
     val = opt.get("val") or {}
     for name, metric in (val.get("metrics") or {}).items():

@@ -7,6 +7,7 @@ names it.
 
 import csv
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,14 @@ from basicsr.utils import tensor2img
 from torch import nn
 
 from erl_plugin.archs.erl_arch import build_backbone
+from erl_plugin.data.dataset_check import check_identity
 from erl_plugin.data.derain_dataset import DerainPairedDataset
 from erl_plugin.data.layouts import detect_layout
 from erl_plugin.data.lmdb_writer import write_image
 from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
-from erl_plugin.utils.checkpoint import load_weights
+from erl_plugin.utils.checkpoint import load_weights, state_dict_mismatch
 from erl_plugin.utils.outputs import check_not_input
 
 PROTOCOL = "basicsr"
@@ -39,12 +41,29 @@ class Score:
     ssim: float
 
 
-def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> nn.Module:
+TEACHER_FILE = re.compile(r"net_t_[^/]*\.pth$")
+"""ERLModel's teacher checkpoints (``net_t_teacher.pth``, ``net_t_<iter>.pth``): clean-to-clean networks."""
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A network ready to derain, and which network of the options it is (said wherever it is scored)."""
+
+    net: nn.Module
+    scored: str
+
+
+def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> LoadedNetwork:
     """Build ``network_g`` from an options file and load a BasicSR checkpoint into it (eval mode).
 
     A plain backbone checkpoint (such as ``memd_stage1.pth``, the end of ERL-Net's stage I) given
-    with ERLNet options builds the backbone alone, so it is evaluated as the baseline it is. The
-    modules ``custom_imports`` lists are imported first.
+    with ERLNet options builds the backbone alone, so it is evaluated as the baseline it is, and
+    :attr:`LoadedNetwork.scored` says so. The modules ``custom_imports`` lists are imported first.
+
+    Raises:
+        OptionsError: No ``network_g`` in the options.
+        ValueError: The checkpoint does not fit, or it is ERL-Net's teacher (``net_t_*.pth``), which
+            never learnt to derain.
     """
     opt = load_options(opt_path)
     import_custom_modules(opt, opt_path)
@@ -52,16 +71,26 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> n
         raise OptionsError(f"{opt_path}: no network_g section")
     params = load_weights(checkpoint, param_key)
     network_opt = dict(opt["network_g"])
+    scored = f"{network_opt['type']} (network_g of {os.path.basename(opt_path)})"
     if network_opt["type"] == "ERLNet" and not any(key.startswith("backbone.") for key in params):
+        backbone = network_opt["backbone"]["type"]
+        if TEACHER_FILE.search(os.path.basename(checkpoint)):
+            raise ValueError(
+                f"{checkpoint} is ERL-Net's teacher, a {backbone} trained clean to clean: it never learnt to "
+                f"derain; score net_g_*.pth (ERL-Net) or {backbone.lower()}_stage1.pth (the {backbone} baseline)"
+            )
         # The backbone as ERL-Net sees it: adapted networks declare their grid (feature_info).
         net = build_backbone(network_opt["backbone"], network_opt.get("entangle_at"))
+        scored = f"{backbone} alone (a backbone checkpoint under ERLNet options), not ERL-Net"
     else:
         net = build_network(network_opt)
     try:
         net.load_state_dict(params)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"{checkpoint} does not fit network_g of {opt_path}: {error}") from None
-    return net.eval()
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"{checkpoint} does not fit network_g of {opt_path}: {state_dict_mismatch(net, params)}"
+        ) from None
+    return LoadedNetwork(net.eval(), scored)
 
 
 def checkpoint_from_options(opt_path: str, checkpoint: str | None) -> tuple[str, str]:
@@ -97,8 +126,15 @@ def dataset_section(folder: str, layout: str | None = None, name: str | None = N
 
 
 def test_pairs(section: Mapping[str, Any]) -> DerainPairedDataset:
-    """The test-phase DerainPairedDataset of a dataset section (any layout, folders or LMDBs)."""
-    return DerainPairedDataset({"phase": "test", **section})
+    """The test-phase DerainPairedDataset of a dataset section (any layout, folders or LMDBs).
+
+    Raises:
+        DatasetCheckError: The rainy images are the clean ones (:func:`check_identity`): every
+            score would be that of the identity.
+    """
+    dataset = DerainPairedDataset({"phase": "test", **section})
+    check_identity(section, dataset.pairs)
+    return dataset
 
 
 def pair_name(lq_path: str) -> str:
@@ -164,15 +200,20 @@ def write_scores_csv(path: str, names: Sequence[str], columns: dict[str, Sequenc
             writer.writerow(row)
 
 
-def format_table(title: str, means: dict[str, Score]) -> str:
-    """A Markdown table of mean PSNR/SSIM per version, headed by the protocol."""
+def format_table(title: str, means: dict[str, Score], scored: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of mean PSNR/SSIM per version, headed by the protocol; ``scored`` names the
+    network each version's checkpoint loaded into (:attr:`LoadedNetwork.scored`)."""
+    scored = scored or {}
     lines = [
         f"{title}, protocol {PROTOCOL} ({PROTOCOL_DESCRIPTION})",
         "",
-        f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |",
-        "| --- | --- | --- |",
+        f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) | network scored |",
+        "| --- | --- | --- | --- |",
     ]
-    lines += [f"| {version} | {s.psnr:.2f} | {s.ssim:.4f} |" for version, s in means.items()]
+    lines += [
+        f"| {version} | {s.psnr:.2f} | {s.ssim:.4f} | {scored.get(version, 'the input itself')} |"
+        for version, s in means.items()
+    ]
     return "\n".join(lines)
 
 
@@ -195,7 +236,8 @@ def evaluate(
     check_not_input(
         out_dir, [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))], "--out"
     )
-    nets = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
+    loaded = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
+    nets = {label: network.net for label, network in loaded.items()}
     section = dataset_section(data_dir, layout)
     dataset = test_pairs(section)
     count = len(dataset)
@@ -214,5 +256,6 @@ def evaluate(
     write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", *nets, "clean"]))
     means = {"rainy input": mean_score(scores["rainy"]), **{label: mean_score(scores[label]) for label in nets}}
     with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_table(f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})", means) + "\n")
+        title = f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})"
+        handle.write(format_table(title, means, {label: network.scored for label, network in loaded.items()}) + "\n")
     return means

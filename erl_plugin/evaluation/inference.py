@@ -5,7 +5,7 @@ the overlap, so memory stays bounded and no seams show. Every image keeps its fo
 8-bit, 16-bit stays 16-bit, grayscale stays grayscale and an alpha channel is passed through.
 
 Example:
-    >>> net = load_network("options/erl_demo.yml", "experiments/erl_demo/models/net_g_latest.pth")
+    >>> net = load_network("options/erl_demo.yml", "experiments/erl_demo/models/net_g_latest.pth").net
     >>> report = derain_paths(net, ["photos/"], "photos_derained", tile=512, precision="bf16", channels_last=True)
     >>> print(report.summary())
 """

@@ -87,6 +87,7 @@ class Row:
     flops: int | None = None
     ms_per_image: float | None = None
     device: str | None = None
+    network: str | None = None  # the network the checkpoint was scored as (LoadedNetwork.scored)
 
 
 class _TimedNetwork(nn.Module):
@@ -232,7 +233,8 @@ def run_leaderboard(
     protocols = [check_protocol(name) for name in protocols]
     dev = _device(device)
     datasets = {spec.name: _dataset(spec) for spec in test_sets}
-    nets = {spec.name: load_network(spec.options, spec.checkpoint).to(dev) for spec in models}
+    loaded = {spec.name: load_network(spec.options, spec.checkpoint) for spec in models}
+    nets = {name: network.net.to(dev) for name, network in loaded.items()}
     costs = {name: complexity(net, COMPLEXITY_SHAPE) for name, net in nets.items()}
     device_label = device_name(dev)
     rows = []
@@ -267,6 +269,7 @@ def run_leaderboard(
                         flops=costs[spec.name]["flops"],
                         ms_per_image=statistics.median(timed.seconds) * 1e3,
                         device=device_label,
+                        network=loaded[spec.name].scored,
                     )
                 )
     return rows
@@ -316,10 +319,12 @@ def leaderboard_markdown(rows: Sequence[Row], protocols: Sequence[str]) -> str:
     ]
     if REPORTED in columns:
         lines[0] += " Rows with source 'reported' are published numbers under each paper's own protocol."
-    header = ["model", "trained on", "test set", "images", "source", *_score_columns(columns), *_cost_columns()]
+    header = ["model", "network scored", "trained on", "test set", "images", "source", *_score_columns(columns)]
+    header += _cost_columns()
     lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in _ordered(rows):
-        cells = [row.model, row.trained_on or "", row.test_set, "" if row.images is None else str(row.images)]
+        cells = [row.model, row.network or "", row.trained_on or "", row.test_set]
+        cells.append("" if row.images is None else str(row.images))
         cells += [row.source, *_cells(row, columns, 2, 4), *_cost_cells(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -334,14 +339,14 @@ def _ordered(rows: Sequence[Row]) -> list[Row]:
 def write_leaderboard_csv(path: str, rows: Sequence[Row], protocols: Sequence[str]) -> None:
     """The rows as CSV: scores to 4 decimals (reported ones to 2/3, as published), ``device`` as a column."""
     columns = _protocol_columns(rows, protocols)
-    header = ["model", "trained on", "test set", "images", "source", *_score_columns(columns)]
+    header = ["model", "network scored", "trained on", "test set", "images", "source", *_score_columns(columns)]
     header += ["params", _cost_columns()[1], "ms/image", "device"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in _ordered(rows):
             measured = row.source == MEASURED
-            cells = [row.model, row.trained_on or "", row.test_set, row.images or "", row.source]
+            cells = [row.model, row.network or "", row.trained_on or "", row.test_set, row.images or "", row.source]
             cells += _cells(row, columns, 4, 4)
             cells += [row.params, f"{row.flops / 1e9:.4f}", f"{row.ms_per_image:.3f}"] if measured else ["", "", ""]
             writer.writerow([*cells, row.device or ""])

@@ -350,7 +350,7 @@ def score_sets(study: Study, options_file: str, checkpoint: str) -> dict[str, An
     """Per-image scores of a checkpoint's network on the selection and test sets."""
     from erl_plugin.evaluation.evaluate import derain, load_network  # noqa: PLC0415
 
-    net = load_network(options_file, checkpoint)
+    net = load_network(options_file, checkpoint).net
     return _score_sets(study, lambda rainy: derain(net, rainy))
 
 

@@ -18,6 +18,7 @@ restores it with its optimizers and schedulers, mid-stage or exactly at a bounda
 import copy
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,6 +44,41 @@ SCHEDULERS = {
     "MultiStepRestartLR": lr_scheduler.MultiStepRestartLR,
     "CosineAnnealingRestartLR": lr_scheduler.CosineAnnealingRestartLR,
 }
+
+
+def check_optimizers(opt: Mapping[str, Any]) -> None:
+    """Build the optimizer and scheduler of every stage (ERLModel) or of the run (SRModel, DerainModel)
+    on a stand-in parameter, as training will, so that a bad value fails at start-up, not at a stage
+    switch. Other model types build their own and are left alone.
+
+    Raises:
+        ValueError: naming the stage and key; BasicSR 1.4.2 builds Adam only.
+    """
+    if opt.get("model_type") not in ("SRModel", "DerainModel", "ERLModel"):
+        return
+    train = opt.get("train") or {}
+    stages = [("train", {}, {})]
+    if opt.get("model_type") == "ERLModel":
+        stages = [(f"stage {stage.name!r}", stage.optim_g, stage.scheduler) for stage in parse_stages(opt)]
+    for where, optim_overrides, scheduler_overrides in stages:
+        optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
+        optim_type = optim_opt.pop("type", None)
+        if optim_type != "Adam":
+            raise ValueError(f"{where}: optim_g.type: {optim_type!r}; basicsr 1.4.2 builds Adam only")
+        try:
+            optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], **optim_opt)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: optim_g: {error}") from None
+        scheduler_opt = {**copy.deepcopy(train.get("scheduler") or {}), **copy.deepcopy(dict(scheduler_overrides))}
+        if not scheduler_opt:
+            raise ValueError(f"{where}: train.scheduler is missing (e.g. type: MultiStepLR, milestones: [], gamma: 1)")
+        scheduler_type = scheduler_opt.pop("type", None)
+        if scheduler_type not in SCHEDULERS:
+            raise ValueError(f"{where}: scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
+        try:
+            SCHEDULERS[scheduler_type](optimizer, **scheduler_opt)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"{where}: scheduler: {error}") from None
 
 
 class AlignedTeacher(nn.Module):

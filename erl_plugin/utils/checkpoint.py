@@ -127,6 +127,26 @@ def load_weights(path: str, param_key: str | None = "params", what: str = "netwo
     return {key.removeprefix("module."): value for key, value in loaded.items()}
 
 
+def state_dict_mismatch(net: torch.nn.Module, params: dict[str, Any]) -> str:
+    """One line on why ``params`` does not load into ``net``: counts and the first example of each kind."""
+    own = net.state_dict()
+    missing = [key for key in own if key not in params]
+    unexpected = [key for key in params if key not in own]
+    resized = [key for key in own if key in params and tuple(own[key].shape) != tuple(params[key].shape)]
+    parts = []
+    if resized:
+        key = resized[0]
+        parts.append(
+            f"{len(resized)} tensor(s) of other shapes (first: {key} is {list(params[key].shape)} in the checkpoint, "
+            f"{list(own[key].shape)} in the network)"
+        )
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    return "; ".join(parts) or "the tensors do not load"
+
+
 def checkpoint_iterations(state_dir: str) -> list[int]:
     """Iterations of the ``<iter>.state`` files in ``state_dir``, newest first."""
     if not os.path.isdir(state_dir):

@@ -96,6 +96,7 @@ def test_a_sample_is_a_function_of_its_seed_and_index(photos: Path):
     # Without a seed (validation), the index alone fixes the sample, and the dataset's seed the set.
     assert _bytes(dataset[3]) == _bytes(dataset[3]) != _bytes(dataset[4])
     assert _bytes(dataset[3]) != _bytes(_dataset(photos, seed=1)[3])
+    assert dataset.opt["name"]  # what BasicSR's validation names its results by
 
 
 def test_workers_and_ranks(photos: Path):

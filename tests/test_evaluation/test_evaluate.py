@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from erl_plugin.archs import MEMD
 from erl_plugin.data.convert import convert_dataset
 from erl_plugin.engine.options import load_options
-from erl_plugin.evaluation.evaluate import PROTOCOL, derain, evaluate, format_table, score, side_by_side
+from erl_plugin.evaluation.evaluate import PROTOCOL, derain, evaluate, format_table, load_network, score, side_by_side
 
 
 def _write_pairs(folder: Path, count: int, size: tuple[int, int] = (20, 28)) -> None:
@@ -63,7 +63,8 @@ def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
     assert cv2.imread(str(tmp_path / "out/comparison.png")).shape[1] == 3 * 256  # rainy | MEMD | clean
     summary = (tmp_path / "out/summary.md").read_text()
     assert f"protocol {PROTOCOL}" in summary and f"| rainy input | {means['rainy input'].psnr:.2f} |" in summary
-    assert format_table("t", means).splitlines()[2] == f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) |"
+    header = f"| version | PSNR (dB, {PROTOCOL}) | SSIM ({PROTOCOL}) | network scored |"
+    assert format_table("t", means).splitlines()[2] == header
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for out in ("test", ".", "test/results"):  # is, holds, lies inside the test data
         with pytest.raises(ValueError, match="--out .* the input"):
@@ -106,3 +107,27 @@ def test_evaluate_reads_the_real_rain100h_naming_lmdb_and_refuses_an_unknown_lay
         ValueError, match=r"no known layout reads it \(it holds picture.png\); tried rain100h: .*rain13k"
     ):
         evaluate(models, str(tmp_path / "odd"), str(tmp_path / "out_odd"))
+
+
+def test_what_was_scored_is_said_and_a_teacher_is_refused(tmp_path: Path) -> None:
+    """A backbone checkpoint under ERLNet options scores the backbone, and the summary says so."""
+    _write_pairs(tmp_path / "test", 2)
+    network = {"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
+    (tmp_path / "erl.yml").write_text(f"network_g: {{type: ERLNet, entangle: mlgd, backbone: {network}}}\n")
+    torch.manual_seed(0)
+    state = MEMD(**{k: v for k, v in network.items() if k != "type"}).state_dict()
+    torch.save({"params": state}, tmp_path / "memd_stage1.pth")
+    torch.save({"params": state}, tmp_path / "net_t_teacher.pth")
+    loaded = load_network(str(tmp_path / "erl.yml"), str(tmp_path / "memd_stage1.pth"))
+    assert isinstance(loaded.net, MEMD) and loaded.scored.startswith("MEMD alone")
+    evaluate(
+        [("baseline", str(tmp_path / "erl.yml"), str(tmp_path / "memd_stage1.pth"))],
+        str(tmp_path / "test"),
+        str(tmp_path / "out"),
+    )
+    assert (
+        "| MEMD alone (a backbone checkpoint under ERLNet options), not ERL-Net |"
+        in (tmp_path / "out/summary.md").read_text()
+    )
+    with pytest.raises(ValueError, match="net_t_teacher.pth is ERL-Net's teacher, a MEMD trained clean to clean"):
+        load_network(str(tmp_path / "erl.yml"), str(tmp_path / "net_t_teacher.pth"))

@@ -165,7 +165,10 @@ def test_tool_derains_whole_and_tiled_with_comparison(tmp_path: Path) -> None:
         args = ["--opt", str(opt), "--checkpoint", str(checkpoint), "--input", "big.png", "--output", name]
         result = run_python([str(REPO / "tools/derain.py"), *args, "--no-progress", *tiling], tmp_path)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines()[0] == "1 derained, 0 skipped (device cpu, precision fp32)"
+        assert result.stdout.splitlines()[:2] == [
+            f"de-raining with MEMD (network_g of {opt.name}), from {checkpoint}",
+            "1 derained, 0 skipped (device cpu, precision fp32)",
+        ]
         outputs[name] = as_float(cv2.imread(str(tmp_path / name / "big.png")))
     assert np.abs(outputs["tiles"] - outputs["whole"]).mean() < 1e-3
     assert cv2.imread(str(tmp_path / "tiles/big_compare.png")).shape == (1003, 2 * 757, 3)
