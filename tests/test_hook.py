@@ -132,7 +132,9 @@ def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: d
         cwd=tmp_path,
     )
     assert trained.returncode == 0, trained.stderr
-    assert (site / "experiments/site_packages/models/net_g_latest.pth").is_file()
+    # Experiments go under the current directory, as with erl-train, never into site-packages.
+    assert (tmp_path / "experiments/site_packages/models/net_g_latest.pth").is_file()
+    assert not (site / "experiments").exists()
     where = subprocess.run(
         [python, "-c", "import erl_plugin; print(erl_plugin.__file__)"],
         capture_output=True,

@@ -40,6 +40,10 @@ safe_yaml                 ``parse_options`` reads the options file with PyYAML's
                           ``Loader``, so a ``!!python/object/apply`` tag runs code. Here: the
                           file is checked as ``erl-train`` checks it (same message, exit 2) and
                           read with a safe loader.
+installed_root            ``basicsr/train.py`` and ``test.py`` put ``experiments/``, ``results/``
+                          and ``tb_logger/`` two folders above themselves: inside site-packages
+                          when basicsr is installed. Here: under ``$ERL_PLUGIN_ROOT``, else the
+                          current directory, as ``erl-train`` does.
 ========================  =====================================================================
 
 The functional_tensor patch runs before anything of basicsr is imported; the others patch basicsr
@@ -329,7 +333,38 @@ def _share_lmdb_envs() -> None:
     LmdbBackend.__init__ = __init__
 
 
-PRE_IMPORT = (Patch("functional_tensor", _functional_tensor_missing, _alias_functional_tensor),)
+ROOT_ENV = "ERL_PLUGIN_ROOT"
+
+
+def _installed_script() -> str | None:
+    """``train.py`` or ``test.py`` when ``__main__`` is BasicSR's script inside an installed package."""
+    import site
+    import sysconfig
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    name = os.path.basename(main_file or "")
+    if name not in ("train.py", "test.py"):
+        return None
+    package = os.path.dirname(os.path.realpath(main_file))
+    spec = importlib.util.find_spec("basicsr")
+    if spec is None or spec.origin is None or os.path.dirname(os.path.realpath(spec.origin)) != package:
+        return None
+    installed = {*site.getsitepackages(), site.getusersitepackages(), *sysconfig.get_paths().values()}
+    return name if os.path.dirname(package) in {os.path.realpath(path) for path in installed} else None
+
+
+def _root_outside_site_packages() -> None:
+    # basicsr/train.py and test.py take their root from their own path, two levels up: for an
+    # installed package that is site-packages. They compute it from __main__.__file__ after their
+    # imports (which load the plugin), so pointing that at <root>/basicsr/<script> moves the root.
+    root = os.path.abspath(os.environ.get(ROOT_ENV) or os.getcwd())
+    sys.modules["__main__"].__file__ = os.path.join(root, "basicsr", _installed_script())
+
+
+PRE_IMPORT = (
+    Patch("functional_tensor", _functional_tensor_missing, _alias_functional_tensor),
+    Patch("installed_root", lambda: _installed_script() is not None, _root_outside_site_packages),
+)
 POST_IMPORT = (
     Patch("dist_init_cpu", _no_cuda, _gloo_on_cpu),
     Patch("ddp_cpu", _no_cuda, _ddp_without_device_ids),
