@@ -251,6 +251,17 @@ class ERLNet(nn.Module):
         """The backbone's weights, loadable by the plain backbone network (``type: MEMD``)."""
         return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
 
+    def partial_load_note(self, state_dict: Mapping[str, Any]) -> str | None:
+        """One line on what a plain backbone checkpoint loads and what starts fresh; None for an ERLNet one."""
+        if any(key.startswith(("backbone.", "residual_encoder.", "projections.")) for key in state_dict):
+            return None
+        residual = "a copy of the main encoder (ren_init: main)" if self.ren_init == "main" else "fresh weights"
+        projections = "; the projections start fresh" if self.projections is not None else ""
+        return (
+            f"a plain {self.backbone_options['type']} checkpoint ({len(state_dict)} tensors) loads into the backbone; "
+            f"the residual encoder starts as {residual}{projections}"
+        )
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load an ERLNet checkpoint, or a plain backbone checkpoint into the backbone.
 

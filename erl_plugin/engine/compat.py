@@ -248,8 +248,13 @@ def _safe_load_network() -> None:
     def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
         net = self.get_bare_model(net)
         loaded = load_weights(load_path, param_key)
-        get_root_logger().info(f"Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].")
-        self._print_different_keys_loading(net, loaded, strict)
+        logger = get_root_logger()
+        logger.info(f"Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].")
+        note = net.partial_load_note(loaded) if hasattr(net, "partial_load_note") else None
+        if note is not None:  # a correct partial load: one line instead of a warning per key
+            logger.info(f"{type(net).__name__}: {note}")
+        else:
+            self._print_different_keys_loading(net, loaded, strict)
         try:
             net.load_state_dict(loaded, strict=strict)
         except RuntimeError as error:

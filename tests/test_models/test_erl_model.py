@@ -1,5 +1,6 @@
 """ERLModel in-process: every stage of every strategy trains exactly its branches."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,23 @@ def test_stage1_end_is_a_plain_memd_checkpoint(tmp_path: Path) -> None:
     memd = MEMD(**{k: v for k, v in BACKBONE.items() if k != "type"})
     memd.load_state_dict(state["params"])
     assert (tmp_path / "net_t_teacher.pth").is_file() and (tmp_path / "net_g_stage1.pth").is_file()
+
+    # That checkpoint starts a new ERL-Net: one line says what loaded and what starts fresh, no warning per key.
+    logger = logging.getLogger("basicsr")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        options = model_options(tmp_path / "next", "MA_A")
+        options["path"].update(pretrain_network_g=str(tmp_path / "memd_stage1.pth"), strict_load_g=True)
+        restarted = ERLModel(options)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [record.getMessage() for record in records]
+    assert not [record for record in records if record.levelno >= logging.WARNING], messages
+    assert any("a plain MEMD checkpoint" in m and "residual encoder starts as a copy" in m for m in messages)
+    assert torch.equal(restarted.net_g.backbone.state_dict()["stem.0.weight"], state["params"]["stem.0.weight"])
