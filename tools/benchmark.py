@@ -92,6 +92,7 @@ def main() -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         device=args.device,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     result["command"] = " ".join(["python", "tools/benchmark.py", *sys.argv[1:]])
     table = f"Command: `{result['command']}`\n\n{markdown(result)}"

@@ -17,6 +17,7 @@ left out; lq_dir/gt_dir for the pairs layout), or a folder holding lq.lmdb + gt.
 import argparse
 import sys
 
+from erl_plugin.engine.entry import set_cpu_threads
 from erl_plugin.evaluation.leaderboard import (
     leaderboard_markdown,
     read_models,
@@ -43,8 +44,12 @@ def main() -> int:
     parser.add_argument("--matrix", action="store_true", help="also write the trained-on x test-set matrix")
     parser.add_argument("--reported", help="published numbers to add as 'reported' rows (docs/reported.yml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: OMP_NUM_THREADS, else every core)"
+    )
     args = parser.parse_args()
     try:
+        print(set_cpu_threads(args.threads), file=sys.stderr)  # ms/image depends on it: the device names it too
         models, test_sets = read_models(args.models), read_test_sets(args.testsets)
         inputs = [args.models, args.testsets, *(t.dataroot for t in test_sets)]
         check_not_input(args.out, inputs + [path for m in models for path in (m.options, m.checkpoint)], "--out")
@@ -52,7 +57,7 @@ def main() -> int:
         with output_lock(args.out):
             rows = run_leaderboard(models, test_sets, args.protocols, args.device, progress=not args.no_progress)
             paths = write_leaderboard(args.out, rows + reported, args.protocols, matrix=args.matrix)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:  # OptionsError (bad --threads) is a ValueError
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
+import torch
 import yaml
 
 from erl_plugin.data.lmdb_writer import ImageFileError
@@ -43,6 +44,13 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "prefix the key with + to add a new one)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads per process (default: OMP_NUM_THREADS if set, else the cores divided among "
+        "this node's processes)",
+    )
+    parser.add_argument(
         "--iters-scale",
         type=float,
         metavar="F",
@@ -62,6 +70,7 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
             opt = scale_iterations(opt, args.iters_scale)
         import_custom_modules(opt, args.opt)
         validate_options(opt, args.opt, is_train=is_train)
+        print(f"{prog}: {set_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
     except OptionsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -86,6 +95,29 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
             print(f"error: {_last_line(error)}; {BAD_FILE_REMEDY}", file=sys.stderr)
             return 2
     return 0
+
+
+def set_cpu_threads(requested: int | None) -> str:
+    """Set torch's CPU thread count for this process and say how it was chosen.
+
+    ``requested`` wins; else ``OMP_NUM_THREADS`` (torchrun sets 1 when it starts several processes
+    on a node); else the cores shared by this node's processes (``LOCAL_WORLD_SIZE``), at least 1.
+
+    Raises:
+        OptionsError: ``requested`` is below 1.
+    """
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if requested is not None:
+        if requested < 1:
+            raise OptionsError(f"--threads: {requested} must be 1 or more")
+        threads, how = requested, "--threads"
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads, how = torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    else:
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        how = f"{os.cpu_count()} cores / {processes} process(es) on this node"
+    torch.set_num_threads(threads)
+    return f"torch CPU threads: {threads} per process ({how}; --threads N to choose)"
 
 
 BAD_FILE_REMEDY = (

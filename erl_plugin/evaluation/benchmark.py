@@ -301,6 +301,7 @@ def run_benchmark(
     repeats: int = 5,
     warmup: int = 2,
     device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every measurement of the module docstring on one device; returns a JSON-ready dict.
 
@@ -313,7 +314,9 @@ def run_benchmark(
         loader_workers, loader_images: DataLoader worker counts and the number of image pairs.
         repeats, warmup: Timed and untimed runs per measurement.
         device: ``cpu`` or ``cuda[:N]``.
+        progress: Called with one line as each part starts and ends (default: nothing).
     """
+    say = progress or (lambda line: None)
     dev = torch.device(device)
     fast = fast or fast_setting()
     settings = [FP32, fast]
@@ -331,17 +334,35 @@ def run_benchmark(
         "MEMD": complexity(MEMD(**kwargs), (1, 3, 320, 320)),
         "ERL-Net": complexity(ERLNet(copy.deepcopy(backbone)), (1, 3, 320, 320)),
     }
+    started = time.perf_counter()
+
+    def timed(part: str, run: Callable[[], Any]) -> Any:
+        say(f"benchmark: {part} on {result['device']} ...")
+        value = run()
+        say(f"benchmark: {part} done ({time.perf_counter() - started:.0f} s so far)")
+        return value
+
     if "train" in parts:
         result["train"] = {
-            setting.name: train_benchmark(backbone, batch, patch, setting, dev, repeats, warmup) for setting in settings
+            setting.name: timed(
+                f"training, {setting.name}",
+                lambda s=setting: train_benchmark(backbone, batch, patch, s, dev, repeats, warmup),
+            )
+            for setting in settings
         }
     if "overhead" in parts:
-        result["overhead"] = overhead_benchmark(backbone, batch, patch, dev, repeats=max(3 * repeats, 9))
+        result["overhead"] = timed(
+            "overhead against SRModel",
+            lambda: overhead_benchmark(backbone, batch, patch, dev, repeats=max(3 * repeats, 9)),
+        )
     if "inference" in parts:
-        result["inference"] = inference_benchmark(backbone, sizes, infer_batches, settings, dev, repeats, warmup)
+        result["inference"] = timed(
+            "inference", lambda: inference_benchmark(backbone, sizes, infer_batches, settings, dev, repeats, warmup)
+        )
     if "loader" in parts:
-        result["loader"] = loader_benchmark(
-            patch=patch, workers=tuple(loader_workers), images=loader_images, batch=batch
+        result["loader"] = timed(
+            "data loader",
+            lambda: loader_benchmark(patch=patch, workers=tuple(loader_workers), images=loader_images, batch=batch),
         )
         if "train" in parts:
             name, rate = max(

@@ -208,6 +208,7 @@ _train_sampler: ResumableSampler | None = None
 def create_train_val_dataloader(opt: dict[str, Any], logger: Any) -> tuple:
     """Drop-in for ``basicsr.train.create_train_val_dataloader`` with seeded, resumable training data."""
     global _pending_state, _train_sampler
+    logger.info(f"torch CPU threads: {torch.get_num_threads()} per process")
     train_loader = train_sampler = None
     val_loaders = []
     total_epochs = total_iters = 0

@@ -1,5 +1,6 @@
 """``erl-train`` / ``python -m erl_plugin.train``, ``erl-test``, option checks and torchrun on CPU."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import yaml
 from conftest import run_python, tiny_options, write_options
 
 import erl_plugin  # noqa: F401  (registers the datasets)
+from erl_plugin.engine.entry import set_cpu_threads
 from erl_plugin.engine.options import OptionsError, apply_overrides, validate_options
 
 ERL_TRAIN = shutil.which("erl-train", path=str(Path(sys.executable).parent))
@@ -50,6 +52,8 @@ def test_train_console_script_then_test(tmp_path: Path, tiny_lmdb: dict[str, str
     state = torch.load(experiment / "models/net_g_latest.pth", weights_only=True)
     assert "stem.0.weight" in state["params"]
     assert "# psnr:" in result.stderr
+    assert "erl-train: torch CPU threads: 1 per process (OMP_NUM_THREADS=1;" in result.stderr  # conftest's setting
+    assert "torch CPU threads: 1 per process" in next(experiment.glob("train_via_script_*.log")).read_text()
     recorded = yaml.safe_load((experiment / "opt.yml").read_text())
     assert recorded["train"]["optim_g"]["lr"] == 5e-4
 
@@ -181,3 +185,21 @@ def test_careless_options_are_refused_before_anything_is_built(tiny_lmdb: dict[s
 def test_a_quoted_override_stays_a_string() -> None:
     opt = apply_overrides({"name": "a", "train": {"lr": 1}}, ['name="1e-3"', "train.lr=1e-3"], "x.yml")
     assert opt == {"name": "1e-3", "train": {"lr": 1e-3}}
+
+
+def test_cpu_threads_default_to_the_cores_shared_by_the_node_s_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(3).startswith("torch CPU threads: 3 per process (--threads;")
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        expected = max(1, (os.cpu_count() or 1) // 2)
+        assert f"threads: {expected} per process ({os.cpu_count()} cores / 2 process(es)" in set_cpu_threads(None)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert "(OMP_NUM_THREADS=1;" in set_cpu_threads(None) and torch.get_num_threads() == 1
+        with pytest.raises(OptionsError, match="--threads: 0 must be 1 or more"):
+            set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -70,6 +70,8 @@ def test_one_command_writes_json_and_markdown(tmp_path: Path) -> None:
     text = (tmp_path / "b.md").read_text()
     assert text.startswith("Command: `python tools/benchmark.py --num-feat 4") and "torch " in text
     assert "- loader lmdb, 0 workers / training consumption" in text
+    assert "benchmark: training, fp32 on CPU" in result.stderr and "benchmark: data loader done" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["b.json", "b.md"]  # only what was asked for
     bad = run_python([str(REPO / "tools/benchmark.py"), "--amp", "fp8"], tmp_path)
     assert bad.returncode == 2 and "--amp: 'fp8' is not a precision; allowed: fp32, bf16, fp16, none" in bad.stderr
     if not torch.cuda.is_available():
