@@ -49,7 +49,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     try:
-        print(set_cpu_threads(args.threads), file=sys.stderr)  # ms/image depends on it: the device names it too
+        set_cpu_threads(args.threads)  # ms/image depends on it; the device column names the count
         models, test_sets = read_models(args.models), read_test_sets(args.testsets)
         inputs = [args.models, args.testsets, *(t.dataroot for t in test_sets)]
         check_not_input(args.out, inputs + [path for m in models for path in (m.options, m.checkpoint)], "--out")

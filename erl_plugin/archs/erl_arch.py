@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from erl_plugin.archs.adapters import ADAPTERS
 from erl_plugin.archs.module_path import EntangleAt, ModulePathBackbone
 from erl_plugin.archs.protocol import part_parameters, protocol_problems, remove_modules
+from erl_plugin.utils.checkpoint import state_dict_mismatch
 
 BRANCHES = ("main_encoder", "decoder", "residual_encoder")
 MMENGINE_SCOPE = "erl_plugin."
@@ -276,9 +277,9 @@ class ERLNet(nn.Module):
         target = self.backbone if plain else super()
         try:
             result = target.load_state_dict(state_dict, strict=strict, assign=assign)
-        except RuntimeError as error:
+        except RuntimeError:
             kind = f"a plain {self.backbone_options['type']} checkpoint" if plain else "an ERLNet checkpoint"
-            details = " ".join(str(error).split())  # torch's message, on one line
+            details = state_dict_mismatch(self.backbone if plain else self, dict(state_dict))
             raise ValueError(f"{kind} does not match network_g ({self.backbone_options}): {details}") from None
         if plain and self.ren_init == "main":
             self.copy_main_encoder_to_residual()

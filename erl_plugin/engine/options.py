@@ -220,11 +220,10 @@ def _check_checkpoint_fits(
         raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
     try:
         net.load_state_dict(params, strict=path.get(f"strict_load_{suffix}", True))
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError) as error:  # ValueError: the network's own one-line account
         what = what or f"network_{suffix}"
-        raise OptionsError(
-            f"{source}: path.{key}: {checkpoint} does not fit {what}: {state_dict_mismatch(net, params)}"
-        ) from None
+        detail = str(error) if isinstance(error, ValueError) else state_dict_mismatch(net, params)
+        raise OptionsError(f"{source}: path.{key}: {checkpoint} does not fit {what}: {detail}") from None
 
 
 def _check_speed(opt: Mapping[str, Any], source: str) -> None:

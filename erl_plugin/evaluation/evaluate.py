@@ -86,10 +86,9 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> L
         net = build_network(network_opt)
     try:
         net.load_state_dict(params)
-    except (RuntimeError, ValueError):
-        raise ValueError(
-            f"{checkpoint} does not fit network_g of {opt_path}: {state_dict_mismatch(net, params)}"
-        ) from None
+    except (RuntimeError, ValueError) as error:  # ValueError: the network's own one-line account
+        detail = str(error) if isinstance(error, ValueError) else state_dict_mismatch(net, params)
+        raise ValueError(f"{checkpoint} does not fit network_g of {opt_path}: {detail}") from None
     return LoadedNetwork(net.eval(), scored)
 
 
