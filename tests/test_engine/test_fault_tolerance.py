@@ -259,7 +259,7 @@ BAD_RESUMES = {
         "'num_feat': 8",
     ),
     "no_stage": ([], "the training state records no stage", "ERLModel"),
-    "other_architecture": ([], "net_g_9.pth does not fit network_g (ERLNet)", "size mismatch"),
+    "other_architecture": ([], "net_g_9.pth does not fit network_g (ERLNet)", "tensor(s) of other shapes"),
 }
 
 
