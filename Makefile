@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip --disable-pip-version-check --quiet
+# --no-compile: Python compiles what is imported, on first import; compiling all of torch at install costs 30 s.
+PIP := $(BIN)/pip --disable-pip-version-check --quiet --no-compile
 STAMP := $(VENV)/.erl_plugin_installed
 SPLITS := datasets/rain_generalization/synthesis.json
 

@@ -5,8 +5,8 @@ registries and py-lmdb's process state start clean in each. :func:`run_python` f
 interpreter that has imported torch and the other third-party libraries but never BasicSR or the
 plugin (``tests/warm_python.py``), which saves seconds per process; a run whose environment changes
 what an interpreter reads at start-up gets a fresh one, and ``ERL_PLUGIN_TESTS_COLD=1`` gives every run
-a fresh one. Tests use one torch thread per process (``OMP_NUM_THREADS=1`` unless set), so that the
-suite's parallel workers do not contend for the two cores.
+a fresh one. Tests use one torch thread per process (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``
+unless set), so that the suite's parallel workers do not contend for the two cores.
 """
 
 import atexit
@@ -23,7 +23,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: libgomp reads it once
+# Before torch loads: its OpenMP and MKL runtimes read these once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import cv2  # noqa: E402
 import lmdb  # noqa: E402

@@ -146,14 +146,14 @@ def gpu_plan(device: torch.device) -> Plan:
 
 
 def dry_plan() -> Plan:
-    """Tiny networks and sizes on the CPU; two gloo processes; ``torch.compile`` with the eager backend."""
+    """Tiny networks and sizes on the CPU; one gloo process; ``torch.compile`` with the eager backend."""
     return Plan(
         dry_run=True,
         device=torch.device("cpu"),
         backbone=TINY,
         check_batch=2,
         check_side=16,
-        ddp_procs=2,
+        ddp_procs=1,  # as on a one-GPU machine; several processes are the torchrun tests' subject
         ddp_stage_iters=(1, 1, 1, 1),
         ddp_batch=2,
         ddp_patch=16,
