@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # --no-compile: Python compiles what is imported, on first import; compiling all of torch at install costs 30 s.
-PIP := $(BIN)/pip --disable-pip-version-check --quiet --no-compile
+INSTALL := $(BIN)/pip --disable-pip-version-check --quiet install --no-compile
 STAMP := $(VENV)/.erl_plugin_installed
 SPLITS := datasets/rain_generalization/synthesis.json
 
@@ -17,10 +17,10 @@ venv: $(STAMP)
 # isolated build would install torch again (minutes, gigabytes): build it against ours instead.
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install "setuptools>=70.1" wheel
-	$(PIP) install --no-build-isolation basicsr==1.4.2
-	$(PIP) install --no-build-isolation -e ".[test]"
+	$(INSTALL) torch==2.14.1 torchvision==0.29.1
+	$(INSTALL) "setuptools>=70.1" wheel
+	$(INSTALL) --no-build-isolation basicsr==1.4.2
+	$(INSTALL) --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
 # The demo follows docs/study.md: ERL-Net and MEMD (equal iterations) trained at once on rain rendered
