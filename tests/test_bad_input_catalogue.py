@@ -255,11 +255,10 @@ DATA: dict[str, Callable[[World], Case]] = {
 
 
 def _broken_while_training(w: World) -> Case:
-    """Found at its first read, after training started: one line, the file, the remedy; checkpoints kept."""
+    """Found at its first read, after training started: one line naming the file, exit 2, no traceback."""
     (w.root / "pairs/input/1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    case = w.train(_train_on(_pairs_section(w, "pairs/input", "pairs/target")), message="1.png")
-    case.message = "pairs/input/1.png"
-    case.absent = []
+    case = w.train(_train_on(_pairs_section(w, "pairs/input", "pairs/target")), message="pairs/input/1.png")
+    case.absent = []  # the experiment folder exists: training had started
     return case
 
 
