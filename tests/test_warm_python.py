@@ -35,7 +35,8 @@ def test_a_fork_runs_what_a_fresh_interpreter_runs(tmp_path: Path, form: str) ->
         "module": ["-m", "pkg.report", "--flag", "x y"],
         "code": ["-c", REPORT, "--flag", "x y"],
     }[form]
-    env = {"WARM_TEST": "value", "WARM_EXIT": "3", "PYTHONPATH": str(tmp_path / "lib"), "OMP_NUM_THREADS": "2"}
+    env = {"WARM_TEST": "value", "WARM_EXIT": "3", "PYTHONPATH": str(tmp_path / "lib")}
+    env.update(OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
     warm, cold = _both(args, tmp_path, env)
     assert warm.returncode == cold.returncode == 3
     assert warm.stdout == cold.stdout and warm.stderr == cold.stderr == "to stderr\n"

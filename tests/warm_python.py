@@ -47,7 +47,7 @@ PRELOAD = (
 # Read when an interpreter (or libgomp, loaded with torch) starts: a child cannot take a new value.
 _START_UP_PREFIXES = ("PYTHON", "OMP_", "GOMP_", "KMP_", "MKL_", "LD_", "MALLOC_", "TORCH", "CUDA")
 _START_UP_NAMES = ("ERL_PLUGIN_NO_HOOK",)
-_HANDLED = ("PYTHONPATH", "OMP_NUM_THREADS")
+_HANDLED = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def needs_cold_start(args: list[str], env: dict[str, str], base: dict[str, str]) -> bool:
@@ -84,7 +84,8 @@ def _run_child(request: dict) -> None:
     )
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    threads = os.environ.get("OMP_NUM_THREADS")
+    # What torch starts with: MKL_NUM_THREADS where set (this build uses MKL), else OMP_NUM_THREADS.
+    threads = os.environ.get("MKL_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if threads:
         import torch
 
