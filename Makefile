@@ -4,8 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# --no-compile: Python compiles what is imported, on first import; compiling all of torch at install costs 30 s.
-INSTALL := $(BIN)/pip --disable-pip-version-check --quiet install --no-compile
+INSTALL := $(BIN)/pip --disable-pip-version-check --quiet install
 STAMP := $(VENV)/.erl_plugin_installed
 SPLITS := datasets/rain_generalization/synthesis.json
 
