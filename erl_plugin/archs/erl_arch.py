@@ -252,9 +252,14 @@ class ERLNet(nn.Module):
         """The backbone's weights, loadable by the plain backbone network (``type: MEMD``)."""
         return {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
 
+    @staticmethod
+    def _is_plain(state_dict: Mapping[str, Any]) -> bool:
+        """A plain backbone checkpoint: none of ERLNet's own top-level module names."""
+        return not any(key.startswith(("backbone.", "residual_encoder.", "projections.")) for key in state_dict)
+
     def partial_load_note(self, state_dict: Mapping[str, Any]) -> str | None:
         """One line on what a plain backbone checkpoint loads and what starts fresh; None for an ERLNet one."""
-        if any(key.startswith(("backbone.", "residual_encoder.", "projections.")) for key in state_dict):
+        if not self._is_plain(state_dict):
             return None
         residual = "a copy of the main encoder (ren_init: main)" if self.ren_init == "main" else "fresh weights"
         projections = "; the projections start fresh" if self.projections is not None else ""
@@ -272,8 +277,7 @@ class ERLNet(nn.Module):
         Raises:
             ValueError: the keys or shapes do not match, naming the offending keys.
         """
-        own_prefixes = ("backbone.", "residual_encoder.", "projections.")
-        plain = not any(key.startswith(own_prefixes) for key in state_dict)
+        plain = self._is_plain(state_dict)
         target = self.backbone if plain else super()
         try:
             result = target.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -243,7 +243,7 @@ def _safe_load_network() -> None:
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import get_root_logger
 
-    from erl_plugin.utils.checkpoint import load_weights
+    from erl_plugin.utils.checkpoint import load_fitting, load_weights
 
     def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
         net = self.get_bare_model(net)
@@ -256,8 +256,8 @@ def _safe_load_network() -> None:
         else:
             self._print_different_keys_loading(net, loaded, strict)
         try:
-            net.load_state_dict(loaded, strict=strict)
-        except RuntimeError as error:
+            load_fitting(net, loaded, strict=strict)
+        except ValueError as error:
             raise ValueError(f"{load_path} does not fit {type(net).__name__}: {error}") from None
 
     BaseModel.load_network = load_network

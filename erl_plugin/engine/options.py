@@ -24,7 +24,7 @@ from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.erl_model import check_optimizers
 from erl_plugin.models.stages import StageError, parse_stages
-from erl_plugin.utils.checkpoint import CheckpointError, load_weights, state_dict_mismatch
+from erl_plugin.utils.checkpoint import CheckpointError, load_fitting, load_weights
 from erl_plugin.utils.speed import check_speed_options, requested_speed_options
 
 
@@ -219,11 +219,11 @@ def _check_checkpoint_fits(
     except CheckpointError as error:  # a corrupt or unsafe file
         raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
     try:
-        net.load_state_dict(params, strict=path.get(f"strict_load_{suffix}", True))
-    except (RuntimeError, ValueError) as error:  # ValueError: the network's own one-line account
-        what = what or f"network_{suffix}"
-        detail = str(error) if isinstance(error, ValueError) else state_dict_mismatch(net, params)
-        raise OptionsError(f"{source}: path.{key}: {checkpoint} does not fit {what}: {detail}") from None
+        load_fitting(net, params, strict=path.get(f"strict_load_{suffix}", True))
+    except ValueError as error:
+        raise OptionsError(
+            f"{source}: path.{key}: {checkpoint} does not fit {what or f'network_{suffix}'}: {error}"
+        ) from None
 
 
 def _check_speed(opt: Mapping[str, Any], source: str) -> None:

@@ -30,7 +30,7 @@ import collections
 import csv
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -172,15 +172,19 @@ def _rain_region(loaded: Loaded, protocol: str) -> np.ndarray:
     return rain_map(luma(images["rainy"], protocol), luma(images["clean"], protocol))
 
 
+def _read(paths: Mapping[str, str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The colour image of every role but ``mask``, and the mask (grey) when there is one."""
+    images = {role: read_image(path, cv2.IMREAD_COLOR) for role, path in paths.items() if role != "mask"}
+    return images, read_image(paths["mask"], cv2.IMREAD_GRAYSCALE) if "mask" in paths else None
+
+
 def _folder_source(folders: dict[str, str]) -> tuple[list[str], Callable[[str], Loaded]]:
     """The names common to every folder (``mask`` among them when given) and a loader by relative name."""
     names = matched_names(list(folders.values()))
 
     def load(name: str) -> Loaded:
         paths = {role: os.path.join(folder, name) for role, folder in folders.items()}
-        images = {role: read_image(path, cv2.IMREAD_COLOR) for role, path in paths.items() if role != "mask"}
-        mask = read_image(paths["mask"], cv2.IMREAD_GRAYSCALE) if "mask" in paths else None
-        return images, mask, paths
+        return (*_read(paths), paths)
 
     return names, load
 
@@ -245,8 +249,7 @@ def _dataset_source(
     def load(name: str) -> Loaded:
         lq_path, gt_path = dataset.pairs[position[name]]
         paths = {role: os.path.join(folders[role], outputs[role][name]) for role in folders}
-        images = {role: read_image(path, cv2.IMREAD_COLOR) for role, path in paths.items() if role != "mask"}
-        mask = read_image(paths["mask"], cv2.IMREAD_GRAYSCALE) if "mask" in paths else None
+        images, mask = _read(paths)
         _, images["rainy"], images["clean"] = read_pair(dataset, position[name])
         return images, mask, {**paths, "rainy": str(lq_path), "clean": str(gt_path)}
 

@@ -26,7 +26,7 @@ from erl_plugin.data.lmdb_writer import write_image
 from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
-from erl_plugin.utils.checkpoint import load_weights, state_dict_mismatch
+from erl_plugin.utils.checkpoint import load_fitting, load_weights
 from erl_plugin.utils.outputs import check_not_input
 
 PROTOCOL = "basicsr"
@@ -85,10 +85,9 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> L
     else:
         net = build_network(network_opt)
     try:
-        net.load_state_dict(params)
-    except (RuntimeError, ValueError) as error:  # ValueError: the network's own one-line account
-        detail = str(error) if isinstance(error, ValueError) else state_dict_mismatch(net, params)
-        raise ValueError(f"{checkpoint} does not fit network_g of {opt_path}: {detail}") from None
+        load_fitting(net, params)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint} does not fit network_g of {opt_path}: {error}") from None
     return LoadedNetwork(net.eval(), scored)
 
 

@@ -147,6 +147,17 @@ def state_dict_mismatch(net: torch.nn.Module, params: dict[str, Any]) -> str:
     return "; ".join(parts) or "the tensors do not load"
 
 
+def load_fitting(net: torch.nn.Module, params: dict[str, Any], strict: bool = True) -> None:
+    """``net.load_state_dict(params)``; a mismatch raises ValueError with :func:`state_dict_mismatch`'s line.
+
+    A network that explains its own mismatch with a ValueError (ERLNet) is left to say it.
+    """
+    try:
+        net.load_state_dict(params, strict=strict)
+    except RuntimeError:
+        raise ValueError(state_dict_mismatch(net, params)) from None
+
+
 def checkpoint_iterations(state_dir: str) -> list[int]:
     """Iterations of the ``<iter>.state`` files in ``state_dir``, newest first."""
     if not os.path.isdir(state_dir):
