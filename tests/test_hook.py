@@ -86,6 +86,28 @@ def test_basicsr_train_py_in_a_checkout_trains_and_resumes(tmp_path: Path, tiny_
 
 
 @pytest.mark.slow
+def test_one_variable_shortens_erl_train_and_basicsr_s_script_alike(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    checkout = tmp_path / "BasicSR"
+    (checkout / "basicsr").mkdir(parents=True)
+    shutil.copy(BASICSR_TRAIN, checkout / "basicsr" / "train.py")
+    commands = {
+        "erl-train": ["-m", "erl_plugin.train"],
+        "basicsr/train.py": ["basicsr/train.py"],
+    }
+    for form, command in commands.items():
+        name = form.replace("/", "_").replace(".", "_").replace("-", "_")
+        opt_file = write_options(checkout, tiny_options(tiny_lmdb, name=name, total_iter=8), f"{name}.yml")
+        bad = run_python([*command, "-opt", str(opt_file)], checkout, {"ERL_PLUGIN_ITERS_SCALE": "ten"})
+        assert bad.returncode == 2 and "ERL_PLUGIN_ITERS_SCALE='ten': expected a number > 0" in bad.stderr, form
+        assert not (checkout / "experiments" / name).exists()
+        result = run_python([*command, "-opt", str(opt_file)], checkout, {"ERL_PLUGIN_ITERS_SCALE": "0.25"})
+        assert result.returncode == 0, result.stderr
+        assert "iterations scaled by 0.25 (ERL_PLUGIN_ITERS_SCALE=0.25)" in result.stderr, form
+        assert "iter:       2," in result.stderr and "iter:       3," not in result.stderr, form
+        assert (checkout / "experiments" / name / "models" / "net_g_2.pth").is_file(), form
+
+
+@pytest.mark.slow
 def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
     source = tmp_path / "src"
     source.mkdir()

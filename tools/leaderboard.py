@@ -7,7 +7,7 @@ numbers as rows of their own (source "reported (<citation>)").
 
 Example:
     python tools/leaderboard.py --models models.yml --testsets testsets.yml --out results/leaderboard \
-        --protocols basicsr paper matlab --device cuda --matrix --reported docs/reported.yml
+        --protocols basicsr paper matlab --matrix --reported docs/reported.yml
 
 MODELS.yml: a list of {name, options, checkpoint, trained_on (optional)}.
 TESTSETS.yml: a list of {name, dataroot, layout?}: any layout the datasets read (detected when layout is
@@ -16,6 +16,8 @@ left out; lq_dir/gt_dir for the pairs layout), or a folder holding lq.lmdb + gt.
 
 import argparse
 import sys
+
+import torch
 
 from erl_plugin.engine.entry import set_cpu_threads
 from erl_plugin.evaluation.leaderboard import (
@@ -40,7 +42,11 @@ def main() -> int:
     parser.add_argument(
         "--protocols", nargs="+", default=list(PROTOCOLS), help=f"any of {', '.join(PROTOCOLS)} (default: all)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device, e.g. cpu or cuda (default: cuda when available, else cpu)",
+    )
     parser.add_argument("--matrix", action="store_true", help="also write the trained-on x test-set matrix")
     parser.add_argument("--reported", help="published numbers to add as 'reported' rows (docs/reported.yml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

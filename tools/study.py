@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from erl_plugin.engine.options import OptionsError
+from erl_plugin.engine.options import ITERS_SCALE_ENV, OptionsError, requested_iters_scale
 from erl_plugin.evaluation.study import (
     StudyError,
     claim_folder,
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     parser.add_argument(
-        "--iters-scale", type=float, help="replace the study's iters_scale (a study folder keeps one scale)"
+        "--iters-scale",
+        type=float,
+        help=f"replace the study's iters_scale (default: ${ITERS_SCALE_ENV}; a study folder keeps one scale)",
     )
     parser.add_argument(
         "--min-gain-db",
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        study = load_study(args.study, args.data, args.iters_scale)
+        study = load_study(args.study, args.data, requested_iters_scale(args.iters_scale)[0])
         out = Path(args.out or Path("studies") / study.name)
         if args.report_only:
             claim_folder(study, out, record=False)

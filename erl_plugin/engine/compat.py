@@ -149,7 +149,8 @@ def _refuse_unsafe_options(argv: list[str]) -> None:
 
 
 def _wrap_parse_options() -> None:
-    """Wrap ``parse_options`` once: it refuses ``--force_yml`` and swaps names in ``basicsr/train.py``.
+    """Wrap ``parse_options`` once: it refuses ``--force_yml``, swaps names in ``basicsr/train.py`` and,
+    for BasicSR's scripts, scales the iterations by ``$ERL_PLUGIN_ITERS_SCALE`` as ``erl-train`` does.
 
     When basicsr/train.py runs as a script (directly or with -m), that module is ``__main__``, whose
     code runs after the patches: it binds its own functions, then calls ``parse_options`` first thing,
@@ -178,10 +179,31 @@ def _wrap_parse_options() -> None:
             if current is not None and getattr(current, "__code__", None) is not None:
                 if current.__code__.co_filename.endswith(_TRAIN_SCRIPT):
                     caller[name] = replacement
-        return upstream(root_path, is_train)
+        opt, args = upstream(root_path, is_train)
+        if caller.get("__name__") == "__main__":  # BasicSR's script; erl-train has scaled its options already
+            opt = _scaled_from_environment(opt)
+        return opt, args
 
     parse_options.erl_plugin_wrapped = True
     options.parse_options = parse_options
+
+
+def _scaled_from_environment(opt: dict) -> dict:
+    """``opt`` with its iterations scaled by ``$ERL_PLUGIN_ITERS_SCALE`` when set, as erl-train does."""
+    from erl_plugin.engine.options import OptionsError, requested_iters_scale, scale_iterations  # noqa: PLC0415
+
+    try:
+        factor, source = requested_iters_scale(None)
+    except OptionsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if factor is None:
+        return opt
+    scaled = scale_iterations(opt, factor)
+    if scaled != opt:
+        print(f"iterations scaled by {factor:g} ({source})", file=sys.stderr, flush=True)
+    opt.update(scaled)  # in place: BasicSR's OrderedDict, with its other keys
+    return opt
 
 
 def _exact_resume() -> None:

@@ -120,6 +120,32 @@ _ITER_KEYS = (
 )
 
 
+ITERS_SCALE_ENV = "ERL_PLUGIN_ITERS_SCALE"
+
+
+def requested_iters_scale(flag: float | None) -> tuple[float | None, str]:
+    """The iteration scale asked for and where it came from: ``--iters-scale``, else the environment.
+
+    ``ERL_PLUGIN_ITERS_SCALE=F`` shortens every run of every entry point (``erl-train``, ``erl-test``,
+    BasicSR's ``train.py``, torchrun, the study) without editing its command line.
+
+    Raises:
+        OptionsError: the variable is set to something that is not a number > 0.
+    """
+    if flag is not None:
+        return flag, f"--iters-scale {flag:g}"
+    text = os.environ.get(ITERS_SCALE_ENV, "").strip()
+    if not text:
+        return None, ""
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = None
+    if factor is None or not factor > 0:
+        raise OptionsError(f"{ITERS_SCALE_ENV}={text!r}: expected a number > 0 (e.g. 0.01), or unset")
+    return factor, f"{ITERS_SCALE_ENV}={text}"
+
+
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
 

@@ -49,7 +49,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from erl_plugin.engine.options import OptionsError, apply_overrides, load_options, load_yaml, scale_iterations
+from erl_plugin.engine.options import (
+    ITERS_SCALE_ENV,
+    OptionsError,
+    apply_overrides,
+    load_options,
+    load_yaml,
+    scale_iterations,
+)
 from erl_plugin.utils.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
@@ -276,6 +283,7 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
         encoding="utf-8",
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(study.threads), MKL_NUM_THREADS=str(study.threads))
+    env.pop(ITERS_SCALE_ENV, None)  # the options file holds the study's scale already
     log_file = out / "logs" / f"{run.name}_s{seed}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "erl_plugin.train", "-opt", str(options_file), "--auto_resume"]

@@ -82,7 +82,7 @@ def test_train_as_module_with_cwd_as_root_and_one_knob_to_shorten(tmp_path: Path
         and "iter:       3," not in result.stderr
     )
     kept = next((tmp_path / "experiments/via_module").glob("*.yml")).read_text()
-    assert f"# {opt_file} with --iters-scale 0.25" in kept and "total_iter: 2" in kept
+    assert f"# {opt_file} with (--iters-scale 0.25)" in kept and "total_iter: 2" in kept
 
 
 def _expect_options_error(tmp_path: Path, opt: dict, *needles: str) -> None:
