@@ -14,7 +14,7 @@ import copy
 import json
 import os
 import select
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +32,6 @@ import lmdb  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
-from warm_python import needs_cold_start  # noqa: E402
 
 from erl_plugin.data.lmdb_writer import write_paired_lmdb  # noqa: E402
 
@@ -47,56 +46,67 @@ class _WarmPython:
 
     def __init__(self) -> None:
         self.server: subprocess.Popen | None = None
-        self.base_env: dict[str, str] = {}
+        self.socket_path = ""
         self.lock = threading.Lock()
 
-    def _start(self) -> bool:
-        self.base_env = dict(os.environ)
-        self.server = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "warm_python.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-        )
-        atexit.register(self._stop, self.server)
-        if self.server.stdout.readline() != '{"ready": true}\n':
-            self.server.kill()
-            self.server = None
-        return self.server is not None
+    def socket(self) -> str:
+        """The server's socket (``tests/warm_python.py``), the server started if it is not running."""
+        with self.lock:
+            if self.server is None or self.server.poll() is not None:
+                folder = tempfile.mkdtemp(prefix="warm_python_")
+                self.socket_path = os.path.join(folder, "socket")
+                self.server = subprocess.Popen(
+                    [sys.executable, str(REPO / "tests" / "warm_python.py"), self.socket_path],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+                atexit.register(self._stop, self.server, folder)
+                if self.server.stdout.readline() != '{"ready": true}\n':
+                    raise RuntimeError("tests/warm_python.py did not start; ERL_PLUGIN_TESTS_COLD=1 runs without it")
+        return self.socket_path
 
     @staticmethod
-    def _stop(server: subprocess.Popen) -> None:
-        server.stdin.close()  # the server's loop ends with its input
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    def _stop(server: subprocess.Popen, folder: str) -> None:
+        server.kill()
+        server.wait()
         server.stdout.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
-    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-        """``python ARGS`` as a fork of the server; raises ``subprocess.TimeoutExpired`` as ``subprocess.run``."""
-        with self.lock, tempfile.TemporaryDirectory(prefix="warm_python_") as scratch:
-            if self.server is None or self.server.poll() is not None:
-                self._start()
-            outputs = {"stdout": os.path.join(scratch, "stdout"), "stderr": os.path.join(scratch, "stderr")}
-            request = {"argv": args, "cwd": str(cwd), "env": env, **outputs}
-            self.server.stdin.write(json.dumps(request) + "\n")
-            pid = json.loads(self.server.stdout.readline())["pid"]
-            ready, _, _ = select.select([self.server.stdout], [], [], timeout)
-            if not ready:
-                os.killpg(pid, signal.SIGKILL)
-            returncode = json.loads(self.server.stdout.readline())["returncode"]
-            text = {name: Path(path).read_text(errors="replace") for name, path in outputs.items()}
+    def run(
+        self, args: list[str], cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess | None:
+        """``python ARGS`` as a fork of the server, or None where it needs a fresh interpreter.
+
+        Raises ``subprocess.TimeoutExpired`` as ``subprocess.run`` does (the server then kills the run).
+        """
+        path = self.socket()
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr, open(os.devnull) as stdin:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.connect(path)
+                request = {"argv": args, "cwd": str(cwd), "env": env}
+                streams = [handle.fileno() for handle in (stdin, stdout, stderr)]
+                socket.send_fds(client, [json.dumps(request).encode() + b"\n"], streams)
+                ready, _, _ = select.select([client], [], [], timeout)
+                reply = json.loads(client.makefile("rb").readline()) if ready else None
+            if reply is not None and reply.get("cold"):
+                return None
+            text = {}
+            for name, handle in (("stdout", stdout), ("stderr", stderr)):
+                handle.seek(0)
+                text[name] = handle.read().decode(errors="replace")
         command = [sys.executable, *args]
-        if not ready:
+        if reply is None:
             raise subprocess.TimeoutExpired(command, timeout, text["stdout"], text["stderr"])
-        return subprocess.CompletedProcess(command, returncode, text["stdout"], text["stderr"])
+        return subprocess.CompletedProcess(command, reply["returncode"], text["stdout"], text["stderr"])
 
 
 _WARM = _WarmPython()
+
+
+def warm_python_socket() -> str:
+    """The socket of this test process's warm interpreter, for clients of its own (shell shims)."""
+    return _WARM.socket()
 
 
 def run_python(
@@ -107,9 +117,10 @@ def run_python(
     ``cold``: in a fresh interpreter even where a fork would do (a test of what start-up does).
     """
     full_env = {**os.environ, **(env or {})}
-    warm = not cold and os.environ.get(COLD_ENV) != "1"
-    if warm and not needs_cold_start(args, full_env, _WARM.base_env or dict(os.environ)):
-        return _WARM.run(args, cwd, full_env, timeout)
+    if not cold and os.environ.get(COLD_ENV) != "1":
+        result = _WARM.run(args, cwd, full_env, timeout)
+        if result is not None:
+            return result
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
@@ -122,10 +133,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth colour image: blurred noise, so a network has structure to restore."""
-    noise = rng.random((size // 4, size // 4, 3)).astype(np.float32)
-    return (cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
+def _scene(rng: np.random.Generator, size: int, width: int | None = None) -> np.ndarray:
+    """A smooth colour image (``size`` x ``width``, square by default): blurred noise, so a network has
+    structure to restore."""
+    width = width or size
+    noise = rng.random((max(2, size // 4), max(2, width // 4), 3)).astype(np.float32)
+    return (cv2.resize(noise, (width, size), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
 
 
 def _rainy(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -135,6 +148,14 @@ def _rainy(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x, y = rng.integers(0, clean.shape[1]), rng.integers(0, clean.shape[0])
         cv2.line(rainy, (int(x), int(y)), (int(x) + 4, int(y) + 14), (235, 235, 235), 1)
     return rainy
+
+
+def write_rain_pair(rainy_path: Path, clean_path: Path, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    """A clean scene of ``size`` (height, width) and its rainy version, as image files (folders made)."""
+    clean = _scene(rng, *size)
+    for path, image in ((clean_path, clean), (rainy_path, _rainy(clean, rng))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
-"""The suite's warm interpreter runs a script, a module and ``-c`` code as a fresh ``python`` does."""
+"""The suite's warm interpreter runs a script, a module and ``-c`` code as a fresh ``python`` does, also for a shell."""
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import run_python
-from warm_python import needs_cold_start
+from conftest import run_python, warm_python_socket
+from warm_python import needs_cold_start, write_shim
 
 REPORT = """
 import json, os, sys
@@ -60,3 +62,31 @@ def test_start_up_settings_get_a_fresh_interpreter() -> None:
     for env in ({**base, "ERL_PLUGIN_NO_HOOK": "1"}, {**base, "PYTHONHASHSEED": "0"}, {**base, "MKL_X": "1"}):
         assert needs_cold_start(["-m", "x"], env, base)
     assert needs_cold_start(["-X", "importtime", "-c", "pass"], base, base)
+
+
+def test_a_shell_runs_python_warm_through_the_shim(tmp_path: Path) -> None:
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    write_shim(str(shims / "python"), "python", warm_python_socket(), [])
+    env = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}"}
+
+    def shell(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    code = "import sys; print(sys.stdin.read().upper(), 'torch' in sys.modules); print('e', file=sys.stderr)"
+    code += "; sys.exit(4)"
+    warm = shell(f'echo in | python -c "{code}" a')
+    assert (warm.returncode, warm.stdout, warm.stderr) == (4, "IN\n True\n", "e\n")  # torch: preloaded
+    cold = shell(f'echo in | PYTHONHASHSEED=0 python -c "{code}" a')  # a start-up variable: the real interpreter
+    assert (cold.returncode, cold.stdout, cold.stderr) == (4, "IN\n False\n", "e\n")
+    assert shell('python -c "print(7)" > out.txt && echo "$(python -c "print(6)")" >> out.txt').returncode == 0
+    assert (tmp_path / "out.txt").read_text() == "7\n6\n"
+    # A shell killed on a timeout takes its command along.
+    sleeper = "import os, time; open('pid', 'w').write(str(os.getpid())); time.sleep(60)"
+    assert shell(f'timeout 3 python -c "{sleeper}"').returncode == 124
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()

@@ -3,18 +3,19 @@
 Importing torch, torchvision (which pulls in torch._dynamo), OpenCV, SciPy and mmengine takes about
 5 s of CPU on these machines, and the suite starts more than a hundred Python processes. This server
 imports them once and never runs a tensor operation, so no thread pool exists when it forks. Each
-request forks a child that takes the request's working directory, environment, ``sys.argv`` and
-``sys.path`` and runs the script, ``-m`` module or ``-c`` code as ``__main__``, as ``python`` would.
-BasicSR, mmengine's registries in use and erl_plugin are never imported here: every child imports
-them itself, so compat patches, registries and py-lmdb's process state start clean, as in a fresh
-interpreter. What a child spawns (torchrun's workers, the study's trainings) are fresh interpreters.
+request forks a child that takes the request's working directory, environment, standard streams,
+``sys.argv`` and ``sys.path`` and runs the script, ``-m`` module or ``-c`` code as ``__main__``, as
+``python`` would. BasicSR, mmengine's registries in use and erl_plugin are never imported here: every
+child imports them itself, so compat patches, registries and py-lmdb's process state start clean, as in
+a fresh interpreter. What a child spawns (torchrun's workers, the study's trainings) are fresh
+interpreters.
 
-Protocol (one JSON object per line): the client writes ``{argv, cwd, env, stdout, stderr}``; the
-server answers ``{"pid": N}`` once the child runs, then ``{"returncode": N}`` when it has exited
-(negative: killed by that signal, as :mod:`subprocess` reports it).
-
-:func:`needs_cold_start` names the requests a fork cannot serve: a changed variable that Python, the
-start-up hook or the OpenMP runtime reads when the interpreter starts.
+Protocol, on a Unix socket (``python warm_python.py SOCKET``): a client connects and sends its request
+``{argv, cwd, env}`` as one JSON line, with the child's stdin, stdout and stderr as file descriptors;
+it gets ``{"returncode": N}`` when the child has exited (negative: killed by that signal, as
+:mod:`subprocess` reports it), or ``{"cold": true}`` when :func:`needs_cold_start` says a fork cannot
+serve the request. Children run side by side; one whose client goes away (a timeout, a shell killed) is
+killed with what it spawned. The clients are conftest's ``run_python`` and, for shells, :data:`SHIM`.
 """
 
 import io
@@ -58,8 +59,8 @@ def needs_cold_start(args: list[str], env: dict[str, str], base: dict[str, str])
     return any(key.startswith(_START_UP_PREFIXES) or key in _START_UP_NAMES for key in changed)
 
 
-def _run_child(request: dict) -> None:
-    """In the forked child: become ``python ARGV`` in the request's directory and environment."""
+def _run_child(request: dict, streams: list[int]) -> None:
+    """In the forked child: become ``python ARGV`` in the request's directory, environment and streams."""
     import runpy
     import traceback
 
@@ -68,15 +69,11 @@ def _run_child(request: dict) -> None:
     base_path = [entry for entry in sys.path[1:] if entry not in os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     os.environ.clear()
     os.environ.update(request["env"])
-    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    # New stream objects on fds 0-2, as a starting interpreter makes them (the server's own
-    # sys.stdout is its reply pipe, and its sys.stdin may hold requests read ahead).
+    for fd, source in enumerate(streams):
+        os.dup2(source, fd)
+        os.close(source)
+    # New stream objects on fds 0-2, as a starting interpreter makes them (the server's own may hold
+    # buffered output).
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
     sys.stderr = io.TextIOWrapper(
@@ -128,25 +125,90 @@ def _run_child(request: dict) -> None:
         os._exit(code)
 
 
-def serve() -> None:
-    """Import the libraries, then fork one child per request read from stdin."""
-    import importlib
+def _exit_status(status: int) -> int:
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
+
+def serve(path: str) -> None:
+    """Import the libraries, then serve requests on the Unix socket ``path`` until killed."""
+    import importlib
+    import select
+    import signal
+    import socket
+
+    base = dict(os.environ)  # before the imports, some of which set variables of their own
     for name in PRELOAD:
         importlib.import_module(name)
-    replies = sys.stdout
-    sys.stdout = sys.stderr  # nothing but replies on the reply pipe
-    print(json.dumps({"ready": True}), file=replies, flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _run_child(request)
-        print(json.dumps({"pid": pid}), file=replies, flush=True)
-        _, status = os.waitpid(pid, 0)
-        returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        print(json.dumps({"returncode": returncode}), file=replies, flush=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    print(json.dumps({"ready": True}), flush=True)
+    running: dict[socket.socket, int] = {}
+    while True:
+        readable, _, _ = select.select([listener, *running], [], [], 0.05)
+        for connection in readable:
+            if connection is listener:
+                client, _ = listener.accept()
+                data, streams, _, _ = socket.recv_fds(client, 1 << 20, 3)
+                while not data.endswith(b"\n"):
+                    data += client.recv(1 << 20)
+                request = json.loads(data)
+                if needs_cold_start(request["argv"], request["env"], base):
+                    client.sendall(b'{"cold": true}\n')
+                    client.close()
+                else:
+                    pid = os.fork()
+                    if pid == 0:
+                        for other in (listener, client, *running):
+                            other.close()
+                        _run_child(request, streams)
+                    running[client] = pid
+                for fd in streams:
+                    os.close(fd)
+            elif not connection.recv(1):  # the client has gone
+                try:
+                    os.killpg(running[connection], signal.SIGKILL)
+                except ProcessLookupError:  # it has just exited
+                    pass
+        for client, pid in list(running.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                try:
+                    client.sendall(json.dumps({"returncode": _exit_status(status)}).encode() + b"\n")
+                except OSError:  # the client has gone
+                    pass
+                client.close()
+                del running[client]
+
+
+SHIM = """#!{python} -IS
+# `{name}` for a shell: the command runs as a fork of the warm interpreter at {socket}
+# (tests/warm_python.py), or in the real interpreter where a fork cannot serve it.
+import json, os, socket, sys
+
+argv = {prefix!r} + sys.argv[1:]
+try:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect({socket!r})
+    request = {{"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}}
+    socket.send_fds(client, [json.dumps(request).encode() + b"\\n"], [0, 1, 2])
+    reply = json.loads(client.makefile("rb").readline())
+except (OSError, ValueError):
+    reply = {{"cold": True}}
+if reply.get("cold"):
+    os.execv({python!r}, [{python!r}, *argv])
+code = reply["returncode"]
+sys.exit(code if code >= 0 else 128 - code)
+"""
+"""The client a shell runs as ``python`` (or ``erl-train``: ``prefix`` is then its console script)."""
+
+
+def write_shim(path: str, name: str, socket_path: str, prefix: list[str]) -> None:
+    """Write an executable :data:`SHIM` at ``path`` that runs ``python PREFIX ARGS...`` warm."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(SHIM.format(python=sys.executable, name=name, socket=socket_path, prefix=prefix))
+    os.chmod(path, 0o755)
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1])
