@@ -126,8 +126,8 @@ ITERS_SCALE_ENV = "ERL_PLUGIN_ITERS_SCALE"
 def requested_iters_scale(flag: float | None) -> tuple[float | None, str]:
     """The iteration scale asked for and where it came from: ``--iters-scale``, else the environment.
 
-    ``ERL_PLUGIN_ITERS_SCALE=F`` shortens every run of every entry point (``erl-train``, ``erl-test``,
-    BasicSR's ``train.py``, torchrun, the study) without editing its command line.
+    ``ERL_PLUGIN_ITERS_SCALE=F`` shortens every training command (``erl-train``, ``python -m
+    erl_plugin.train``, torchrun's workers, BasicSR's ``train.py``, the study) without editing it.
 
     Raises:
         OptionsError: the variable is set to something that is not a number > 0.
