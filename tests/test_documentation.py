@@ -15,6 +15,7 @@ A block the suite cannot run says why on the line above its fence::
 
 ``python``, ``erl-train`` and ``erl-test`` in the blocks are forks of a warm interpreter
 (tests/warm_python.py), which saves seconds per command; what they spawn are fresh interpreters.
+With ``ERL_PLUGIN_TESTS_COLD=1`` they are the real ones.
 """
 
 import os
@@ -31,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, warm_python_socket, write_rain_pair
+from conftest import COLD_ENV, REPO, warm_python_socket, write_rain_pair
 from warm_python import write_shim
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -132,13 +133,16 @@ def _stand_ins(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The blocks' environment: ``python``, ``erl-train`` and ``erl-test`` run warm, iterations scaled."""
+    """The blocks' environment: ``python``, ``erl-train`` and ``erl-test`` run warm (unless the suite runs
+    cold), iterations scaled."""
     shims = tmp_path_factory.mktemp("bin")
-    write_shim(str(shims / "python"), "python", warm_python_socket(), [])
     for console_script in ("erl-train", "erl-test"):
         installed = shutil.which(console_script, path=str(Path(sys.executable).parent))
         assert installed, f"{console_script} is not installed beside {sys.executable}"
-        write_shim(str(shims / console_script), console_script, warm_python_socket(), [installed])
+        if os.environ.get(COLD_ENV) != "1":
+            write_shim(str(shims / console_script), console_script, warm_python_socket(), [installed])
+    if os.environ.get(COLD_ENV) != "1":
+        write_shim(str(shims / "python"), "python", warm_python_socket(), [])
     return {
         **os.environ,
         "PATH": os.pathsep.join([str(shims), str(Path(sys.executable).parent), os.environ["PATH"]]),
