@@ -35,6 +35,8 @@ import torch
 from conftest import COLD_ENV, REPO, warm_python_socket, write_rain_pair
 from warm_python import write_shim
 
+from erl_plugin.engine.options import ITERS_SCALE_ENV
+
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = ("bash", "sh")
 SKIP = re.compile(r"^\s*<!-- not run by the suite: (?P<reason>.+?) -->\s*$")
@@ -135,18 +137,18 @@ def _stand_ins(root: Path) -> None:
 def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The blocks' environment: ``python``, ``erl-train`` and ``erl-test`` run warm (unless the suite runs
     cold), iterations scaled."""
-    shims = tmp_path_factory.mktemp("bin")
+    shims, warm = tmp_path_factory.mktemp("bin"), os.environ.get(COLD_ENV) != "1"
+    commands = {"python": []}
     for console_script in ("erl-train", "erl-test"):
         installed = shutil.which(console_script, path=str(Path(sys.executable).parent))
         assert installed, f"{console_script} is not installed beside {sys.executable}"
-        if os.environ.get(COLD_ENV) != "1":
-            write_shim(str(shims / console_script), console_script, warm_python_socket(), [installed])
-    if os.environ.get(COLD_ENV) != "1":
-        write_shim(str(shims / "python"), "python", warm_python_socket(), [])
+        commands[console_script] = [installed]
+    for name, prefix in commands.items() if warm else ():
+        write_shim(str(shims / name), name, warm_python_socket(), prefix)
     return {
         **os.environ,
         "PATH": os.pathsep.join([str(shims), str(Path(sys.executable).parent), os.environ["PATH"]]),
-        "ERL_PLUGIN_ITERS_SCALE": ITERS_SCALE,
+        ITERS_SCALE_ENV: ITERS_SCALE,
     }
 
 
