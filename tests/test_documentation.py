@@ -19,13 +19,10 @@ With ``ERL_PLUGIN_TESTS_COLD=1`` they are the real ones.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -33,57 +30,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import COLD_ENV, REPO, warm_python_socket, write_rain_pair
+from doc_blocks import SHELL, blocks
 from warm_python import write_shim
 
 from erl_plugin.engine.options import ITERS_SCALE_ENV
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-SHELL = ("bash", "sh")
-SKIP = re.compile(r"^\s*<!-- not run by the suite: (?P<reason>.+?) -->\s*$")
-FENCE = re.compile(r"^(?P<indent> *)```(?P<language>[\w-]*)\n(?P<body>.*?)^(?P=indent)```\s*$", re.M | re.S)
-FILE_NAME = re.compile(r"^\*\*`(?P<name>[\w./-]+)`\*\*", re.M)
 CHECKOUT_PLACEHOLDER = "/path/to/erl_plugin"
 ITERS_SCALE = "1e-6"  # one iteration per stage, even for the paper's 720000-iteration stage I
 BASICSR = Path(sysconfig.get_paths()["purelib"]) / "basicsr"
-
-
-@dataclass(frozen=True)
-class Block:
-    """A fenced code block: where it is, its language, its text and, when it is not run, why."""
-
-    document: Path
-    line: int
-    language: str
-    text: str
-    skip_reason: str | None
-    file_name: str | None  # the file the text above it names with **`name`**
-
-    @property
-    def where(self) -> str:
-        return f"{self.document.relative_to(REPO)}:{self.line}"
-
-
-def blocks(document: Path) -> list[Block]:
-    """The fenced blocks of ``document``, in order."""
-    text = document.read_text(encoding="utf-8")
-    found, previous_end = [], 0
-    for match in FENCE.finditer(text):
-        before = text[: match.start()].splitlines()
-        previous = next((line for line in reversed(before) if line.strip()), "")
-        skip = SKIP.match(previous)
-        named = FILE_NAME.search(text, previous_end, match.start())  # the prose since the last block
-        previous_end = match.end()
-        found.append(
-            Block(
-                document=document,
-                line=len(before) + 1,
-                language=match["language"],
-                text=textwrap.dedent(match["body"]),
-                skip_reason=skip["reason"] if skip else None,
-                file_name=named["name"] if named and not skip else None,
-            )
-        )
-    return found
 
 
 def test_every_block_names_its_language_and_every_skip_its_reason() -> None:

@@ -1,24 +1,22 @@
 """docs/wrap_your_network.md: its adapter's size and its second options form (tests/test_documentation.py runs
 its files and commands as written)."""
 
-import re
 from pathlib import Path
 
 import yaml
 from conftest import REPO, run_python
+from doc_blocks import blocks
 
 DOC = REPO / "docs" / "wrap_your_network.md"
 
 
 def doc_files() -> dict[str, str]:
-    """The code blocks the tutorial introduces with a **`file name`**: the first block after each."""
-    text = DOC.read_text()
-    fence = re.compile(r"```\w+\n(.*?)```", re.S)
-    return {m.group(1): fence.search(text, m.end()).group(1) for m in re.finditer(r"\*\*`([\w.]+)`\*\*", text)}
+    """The code blocks the tutorial introduces with a **`file name`**, by name."""
+    return {block.file_name: block.text for block in blocks(DOC) if block.file_name}
 
 
 def doc_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+    return [block.text for block in blocks(DOC) if block.language == language]
 
 
 def test_the_adapter_is_at_most_30_lines() -> None:

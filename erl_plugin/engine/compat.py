@@ -190,19 +190,16 @@ def _wrap_parse_options() -> None:
 
 def _scaled_from_environment(opt: dict) -> dict:
     """``opt`` with its iterations scaled by ``$ERL_PLUGIN_ITERS_SCALE`` when set, as erl-train does."""
-    from erl_plugin.engine.options import OptionsError, requested_iters_scale, scale_iterations  # noqa: PLC0415
+    from erl_plugin.engine.options import OptionsError, scale_requested_iterations  # noqa: PLC0415
 
     try:
-        factor, source = requested_iters_scale(None)
+        scaled, scale = scale_requested_iterations(opt, None)
     except OptionsError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    if factor is None:
-        return opt
-    scaled = scale_iterations(opt, factor)
-    if scaled != opt:
-        print(f"iterations scaled by {factor:g} ({source})", file=sys.stderr, flush=True)
-    opt.update(scaled)  # in place: BasicSR's OrderedDict, with its other keys
+    if scale is not None:
+        print(scale, file=sys.stderr, flush=True)
+        opt.update(scaled)  # in place: BasicSR's OrderedDict, with its other keys
     return opt
 
 

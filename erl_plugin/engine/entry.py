@@ -20,8 +20,7 @@ from erl_plugin.engine.options import (
     apply_overrides,
     import_custom_modules,
     load_options,
-    requested_iters_scale,
-    scale_iterations,
+    scale_requested_iterations,
     validate_options,
 )
 from erl_plugin.models.nonfinite import NonFiniteLossError
@@ -68,27 +67,24 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     args = parser.parse_args(argv)
     try:
         opt = apply_overrides(load_options(args.opt), args.overrides, args.opt)
-        factor, scale_source = requested_iters_scale(args.iters_scale)
-        unscaled = opt
-        if factor is not None:
-            opt = scale_iterations(opt, factor)
+        opt, scale = scale_requested_iterations(opt, args.iters_scale)
         import_custom_modules(opt, args.opt)
         validate_options(opt, args.opt, is_train=is_train)
         print(f"{prog}: {set_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
-        if opt != unscaled:
-            print(f"{prog}: iterations scaled by {factor:g} ({scale_source})", file=sys.stderr, flush=True)
+        if scale is not None:
+            print(f"{prog}: {scale}", file=sys.stderr, flush=True)
     except OptionsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     flags = ["--launcher", args.launcher] + ["--auto_resume"] * args.auto_resume + ["--debug"] * args.debug
     with tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
         opt_path = args.opt
-        if args.overrides or factor is not None:
+        if args.overrides or scale is not None:
             # BasicSR reads the options from a file and copies it into the experiment folder, so
             # the file it gets is the resolved one.
             opt_path = os.path.join(tmp, os.path.basename(args.opt))
             with open(opt_path, "w", encoding="utf-8") as handle:
-                scaled = f" ({scale_source})" if factor is not None else ""
+                scaled = f" ({scale.source})" if scale is not None else ""
                 handle.write(f"# {args.opt} with{''.join(f' --set {o}' for o in args.overrides)}{scaled}\n")
                 yaml.safe_dump(opt, handle, sort_keys=False)
         sys.argv = [prog, "-opt", opt_path, *flags]

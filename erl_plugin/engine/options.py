@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -144,6 +145,28 @@ def requested_iters_scale(flag: float | None) -> tuple[float | None, str]:
     if factor is None or not factor > 0:
         raise OptionsError(f"{ITERS_SCALE_ENV}={text!r}: expected a number > 0 (e.g. 0.01), or unset")
     return factor, f"{ITERS_SCALE_ENV}={text}"
+
+
+@dataclass(frozen=True)
+class IterationScale:
+    """A scale applied to a run's iterations, and where it was asked for (printed as one line)."""
+
+    factor: float
+    source: str
+
+    def __str__(self) -> str:
+        return f"iterations scaled by {self.factor:g} ({self.source})"
+
+
+def scale_requested_iterations(
+    opt: Mapping[str, Any], flag: float | None
+) -> tuple[dict[str, Any], IterationScale | None]:
+    """``opt`` scaled as :func:`requested_iters_scale` asks, and the scale (None when nothing changed)."""
+    factor, source = requested_iters_scale(flag)
+    if factor is None:
+        return dict(opt), None
+    scaled = scale_iterations(opt, factor)
+    return scaled, IterationScale(factor, source) if scaled != opt else None
 
 
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:

@@ -87,14 +87,15 @@ def _time_once(run: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _median_seconds(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+def median_seconds(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``repeats`` calls of ``run`` after ``warmup`` untimed ones (device synchronised)."""
     for _ in range(warmup):
         run()
     return statistics.median(_time_once(run, device) for _ in range(repeats))
 
 
 @contextmanager
-def _peak_memory(device: torch.device, record: dict[str, Any]) -> Iterator[None]:
+def peak_memory(device: torch.device, record: dict[str, Any]) -> Iterator[None]:
     """Record the peak memory of the block in MiB: CUDA allocator peak, or the process's peak RSS."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -105,9 +106,11 @@ def _peak_memory(device: torch.device, record: dict[str, Any]) -> Iterator[None]
         record["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _model_options(
+def model_options(
     backbone: dict[str, Any], folder: str, device: torch.device, model_type: str, setting: Setting
 ) -> dict[str, Any]:
+    """Resolved options for building ``model_type`` (DerainModel, SRModel, ERLModel: MA_D + MLGD, one
+    iteration per stage) on ``backbone`` in process, with checkpoints into ``folder``."""
     train: dict[str, Any] = {
         "optim_g": {"type": "Adam", "lr": 1e-4},
         "scheduler": {"type": "MultiStepLR", "milestones": [10**9], "gamma": 0.5},
@@ -136,12 +139,19 @@ def _model_options(
     }
 
 
+def benchmark_networks(backbone: dict[str, Any]) -> dict[str, nn.Module]:
+    """``MEMD`` and ``ERL-Net`` (ERLNet's defaults around ``backbone``), freshly initialised."""
+    kwargs = {k: v for k, v in backbone.items() if k != "type"}
+    return {"MEMD": MEMD(**kwargs), "ERL-Net": ERLNet(copy.deepcopy(backbone))}
+
+
 def _stepper(model: Any, data: dict[str, torch.Tensor]) -> Callable[[], None]:
     model.feed_data(data)
     return lambda: model.optimize_parameters(1)
 
 
-def _erl_stages(model: ERLModel, data: dict[str, torch.Tensor]) -> Iterator[tuple[str, Callable[[], None]]]:
+def erl_stages(model: ERLModel, data: dict[str, torch.Tensor]) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Each stage of ``model`` in turn, entered, with a function that runs one training step on ``data``."""
     for index, stage in enumerate(model.stages):
         model._enter_stage(index)
         yield stage.name, _stepper(model, data)
@@ -172,23 +182,21 @@ def train_benchmark(
 
     def measure(name: str, step: Callable[[], None]) -> None:
         record: dict[str, float] = {}
-        with _peak_memory(device, record):
+        with peak_memory(device, record):
             if warmup:
                 record["first_step_s"] = _time_once(step, device)
-            seconds = _median_seconds(step, repeats, max(warmup - 1, 0), device)
+            seconds = median_seconds(step, repeats, max(warmup - 1, 0), device)
         rows[name] = {"step_s": seconds, "imgs_per_s": batch / seconds, **record}
 
     with tempfile.TemporaryDirectory() as folder:
         if setting == FP32 and wanted("MEMD (SRModel)"):
-            measure(
-                "MEMD (SRModel)", _stepper(SRModel(_model_options(backbone, folder, device, "SRModel", FP32)), data)
-            )
+            measure("MEMD (SRModel)", _stepper(SRModel(model_options(backbone, folder, device, "SRModel", FP32)), data))
         if wanted("MEMD (DerainModel)"):
-            derain = DerainModel(_model_options(backbone, folder, device, "DerainModel", setting))
+            derain = DerainModel(model_options(backbone, folder, device, "DerainModel", setting))
             measure("MEMD (DerainModel)", _stepper(derain, data))
             del derain
-        erl = ERLModel(_model_options(backbone, folder, device, "ERLModel", setting))
-        for name, step in _erl_stages(erl, data):
+        erl = ERLModel(model_options(backbone, folder, device, "ERLModel", setting))
+        for name, step in erl_stages(erl, data):
             if wanted(name):
                 measure(name, step)
     return rows
@@ -209,10 +217,10 @@ def overhead_benchmark(
     data = {key: torch.rand(batch, 3, patch, patch) for key in ("lq", "gt")}
     with tempfile.TemporaryDirectory() as folder:
         steps = {
-            "SRModel": _stepper(SRModel(_model_options(backbone, folder, device, "SRModel", FP32)), data),
-            "DerainModel": _stepper(DerainModel(_model_options(backbone, folder, device, "DerainModel", FP32)), data),
+            "SRModel": _stepper(SRModel(model_options(backbone, folder, device, "SRModel", FP32)), data),
+            "DerainModel": _stepper(DerainModel(model_options(backbone, folder, device, "DerainModel", FP32)), data),
         }
-        erl = ERLModel(_model_options(backbone, folder, device, "ERLModel", FP32))
+        erl = ERLModel(model_options(backbone, folder, device, "ERLModel", FP32))
         erl._enter_stage([stage.name for stage in erl.stages].index("stage1"))
         steps["ERLModel stage1"] = _stepper(erl, data)
         for step in steps.values():
@@ -253,8 +261,7 @@ def inference_benchmark(
         One row per setting, model, size and batch.
     """
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in backbone.items() if k != "type"}
-    nets = {"MEMD": MEMD(**kwargs).eval(), "ERL-Net": ERLNet(copy.deepcopy(backbone)).eval()}
+    nets = {name: net.eval() for name, net in benchmark_networks(backbone).items()}
     rows = []
     for setting in settings:
         dtype = resolve_precision(setting.amp, device, "amp")
@@ -269,8 +276,8 @@ def inference_benchmark(
                             net(x)
 
                     record: dict[str, Any] = {}
-                    with _peak_memory(device, record):
-                        seconds = _median_seconds(run, repeats, warmup, device)
+                    with peak_memory(device, record):
+                        seconds = median_seconds(run, repeats, warmup, device)
                     ms_per_image = seconds * 1e3 / batch
                     rows.append(
                         {
@@ -329,11 +336,8 @@ def run_benchmark(
         "repeats": repeats,
         "settings": [asdict(setting) for setting in settings],
     }
-    kwargs = {k: v for k, v in backbone.items() if k != "type"}
-    result["complexity"] = {
-        "MEMD": complexity(MEMD(**kwargs), (1, 3, 320, 320)),
-        "ERL-Net": complexity(ERLNet(copy.deepcopy(backbone)), (1, 3, 320, 320)),
-    }
+    networks = benchmark_networks(backbone)
+    result["complexity"] = {name: complexity(net, (1, 3, 320, 320)) for name, net in networks.items()}
     started = time.perf_counter()
 
     def timed(part: str, run: Callable[[], Any]) -> Any:

@@ -54,13 +54,14 @@ from erl_plugin.data.synthetic_rain import write_png
 from erl_plugin.evaluation.benchmark import (
     FP32,
     Setting,
-    _erl_stages,
-    _median_seconds,
-    _model_options,
-    _peak_memory,
+    benchmark_networks,
     device_name,
+    erl_stages,
     fast_setting,
     inference_benchmark,
+    median_seconds,
+    model_options,
+    peak_memory,
     train_benchmark,
 )
 from erl_plugin.evaluation.inference import derain_tiled
@@ -324,9 +325,9 @@ def _network_check(plan: Plan, name: str, build: Callable[[], nn.Module]) -> lis
 
 def _stage_losses(plan: Plan, device: torch.device, data: dict[str, Tensor], folder: str) -> dict[str, dict]:
     torch.manual_seed(0)
-    model = ERLModel(_model_options(plan.backbone, folder, device, "ERLModel", FP32))
+    model = ERLModel(model_options(plan.backbone, folder, device, "ERLModel", FP32))
     losses = {}
-    for stage, step in _erl_stages(model, data):
+    for stage, step in erl_stages(model, data):
         step()
         losses[stage] = dict(model.log_dict)
     return losses
@@ -369,14 +370,14 @@ def _checkpoint_round_trip(plan: Plan) -> list[Row]:
         )
         for index, (source, target, name) in enumerate(directions):
             torch.manual_seed(index)
-            saver = ERLModel(_model_options(plan.backbone, folder, source, "ERLModel", FP32))
+            saver = ERLModel(model_options(plan.backbone, folder, source, "ERLModel", FP32))
             with torch.no_grad():  # weights away from the initialisation, zero-initialised projections included
                 for param in saver.get_bare_model(saver.net_g).parameters():
                     param.add_(torch.randn(param.shape).to(param.device) * 0.01)
             label = f"roundtrip{index}_net_g"
             saver.save_network(saver.net_g, label, 0)
             torch.manual_seed(index + 10)  # other initial weights, which the checkpoint must replace
-            opt = _model_options(plan.backbone, folder, target, "ERLModel", FP32)
+            opt = model_options(plan.backbone, folder, target, "ERLModel", FP32)
             opt["path"]["pretrain_network_g"] = os.path.join(folder, f"{label}_0.pth")
             loader = ERLModel(opt)
             values = _compare("output", _test_output(loader, x), _test_output(saver, x))
@@ -613,17 +614,15 @@ def speed_settings(plan: Plan) -> list[Setting]:
 
 
 class _Flops:
-    """MACs of one forward pass per network and input side, counted once (on the CPU)."""
+    """MACs of one forward pass per network (``MEMD``, ``ERL-Net``) and input side, counted once (on the CPU)."""
 
     def __init__(self, backbone: dict[str, Any]) -> None:
-        self.backbone = backbone
+        self.nets = benchmark_networks(backbone)
         self.cache: dict[tuple[str, int], int] = {}
 
     def __call__(self, model: str, side: int) -> int:
         if (model, side) not in self.cache:
-            kwargs = {k: v for k, v in self.backbone.items() if k != "type"}
-            net = MEMD(**kwargs) if model == "MEMD" else ERLNet(copy.deepcopy(self.backbone))
-            self.cache[model, side] = complexity(net, (1, 3, side, side))["flops"]
+            self.cache[model, side] = complexity(self.nets[model], (1, 3, side, side))["flops"]
         return self.cache[model, side]
 
 
@@ -703,8 +702,7 @@ def speed_units(plan: Plan) -> list[Unit]:
 def tiled_benchmark(plan: Plan, setting: Setting) -> list[dict[str, Any]]:
     """Milliseconds per image of :func:`~erl_plugin.evaluation.inference.derain_tiled` on a large uint8 image."""
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in plan.backbone.items() if k != "type"}
-    nets = {"MEMD": MEMD(**kwargs).eval(), "ERL-Net": ERLNet(copy.deepcopy(plan.backbone)).eval()}
+    nets = {name: net.eval() for name, net in benchmark_networks(plan.backbone).items()}
     image = np.random.default_rng(0).integers(0, 256, (plan.tiled_side, plan.tiled_side, 3), dtype=np.uint8)
     dtype = resolve_precision(setting.amp, plan.device, "amp")
     rows = []
@@ -715,8 +713,8 @@ def tiled_benchmark(plan: Plan, setting: Setting) -> list[dict[str, Any]]:
             derain_tiled(net, image, plan.tile, plan.overlap, plan.device, dtype, setting.channels_last)
 
         record: dict[str, Any] = {}
-        with _peak_memory(plan.device, record):
-            seconds = _median_seconds(run, plan.repeats, plan.warmup, plan.device)
+        with peak_memory(plan.device, record):
+            seconds = median_seconds(run, plan.repeats, plan.warmup, plan.device)
         rows.append({"model": model, "setting": setting.name, "ms_per_image": seconds * 1e3, **record})
     return rows
 
@@ -773,7 +771,7 @@ def fidelity_units(plan: Plan, folder: Path) -> list[Unit]:
 
     def options(model_type: str) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
-        opt = _model_options(plan.fidelity_backbone, str(folder), plan.device, model_type, FP32)
+        opt = model_options(plan.fidelity_backbone, str(folder), plan.device, model_type, FP32)
         opt["train"]["optim_g"]["lr"] = 1e-3
         if model_type == "ERLModel":
             opt["train"].update(

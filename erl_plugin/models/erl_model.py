@@ -46,6 +46,31 @@ SCHEDULERS = {
 }
 
 
+def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stage's optimizer and scheduler options: ``train.optim_g`` and ``train.scheduler`` with the
+    stage's overrides on top (copies; the whole run's for ``stage`` None)."""
+    optim_overrides, scheduler_overrides = (stage.optim_g, stage.scheduler) if stage is not None else ({}, {})
+    optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
+    scheduler_opt = {**copy.deepcopy(train.get("scheduler") or {}), **copy.deepcopy(dict(scheduler_overrides))}
+    return optim_opt, scheduler_opt
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, scheduler_opt: Mapping[str, Any], where: str) -> Any:
+    """The scheduler ``scheduler_opt`` names (``type`` + arguments) on ``optimizer``.
+
+    Raises:
+        ValueError: naming ``where``, for an unknown type or arguments it does not take.
+    """
+    arguments = dict(scheduler_opt)
+    scheduler_type = arguments.pop("type", None)
+    if scheduler_type not in SCHEDULERS:
+        raise ValueError(f"{where}: scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
+    try:
+        return SCHEDULERS[scheduler_type](optimizer, **arguments)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{where}: scheduler: {error}") from None
+
+
 def check_optimizers(opt: Mapping[str, Any]) -> None:
     """Build the optimizer and scheduler of every stage (ERLModel) or of the run (SRModel, DerainModel)
     on a stand-in parameter, as training will, so that a bad value fails at start-up, not at a stage
@@ -57,11 +82,10 @@ def check_optimizers(opt: Mapping[str, Any]) -> None:
     if opt.get("model_type") not in ("SRModel", "DerainModel", "ERLModel"):
         return
     train = opt.get("train") or {}
-    stages = [("train", {}, {})]
-    if opt.get("model_type") == "ERLModel":
-        stages = [(f"stage {stage.name!r}", stage.optim_g, stage.scheduler) for stage in parse_stages(opt)]
-    for where, optim_overrides, scheduler_overrides in stages:
-        optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
+    stages: list[Stage | None] = parse_stages(opt) if opt.get("model_type") == "ERLModel" else [None]
+    for stage in stages:
+        where = f"stage {stage.name!r}" if stage is not None else "train"
+        optim_opt, scheduler_opt = stage_training_options(train, stage)
         optim_type = optim_opt.pop("type", None)
         if optim_type != "Adam":
             raise ValueError(f"{where}: optim_g.type: {optim_type!r}; basicsr 1.4.2 builds Adam only")
@@ -69,16 +93,9 @@ def check_optimizers(opt: Mapping[str, Any]) -> None:
             optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], **optim_opt)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: optim_g: {error}") from None
-        scheduler_opt = {**copy.deepcopy(train.get("scheduler") or {}), **copy.deepcopy(dict(scheduler_overrides))}
         if not scheduler_opt:
             raise ValueError(f"{where}: train.scheduler is missing (e.g. type: MultiStepLR, milestones: [], gamma: 1)")
-        scheduler_type = scheduler_opt.pop("type", None)
-        if scheduler_type not in SCHEDULERS:
-            raise ValueError(f"{where}: scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
-        try:
-            SCHEDULERS[scheduler_type](optimizer, **scheduler_opt)
-        except (TypeError, ValueError, KeyError) as error:
-            raise ValueError(f"{where}: scheduler: {error}") from None
+        build_scheduler(optimizer, scheduler_opt, where)
 
 
 class AlignedTeacher(nn.Module):
@@ -192,18 +209,11 @@ class ERLModel(DerainModel):
             bare_t.eval()
             self.net_g = self.model_to_device(bare_g)
         bare_g.train()
-        optim_opt = {**copy.deepcopy(self.opt["train"]["optim_g"]), **copy.deepcopy(dict(stage.optim_g))}
+        optim_opt, scheduler_opt = stage_training_options(self.opt["train"], stage)
         optim_type = optim_opt.pop("type")
         self.optimizer_g = self.get_optimizer(optim_type, trainable, **optim_opt)
         self.optimizers = [self.optimizer_g]
-        scheduler_opt = {
-            **copy.deepcopy(self.opt["train"]["scheduler"]),
-            **copy.deepcopy(dict(stage.scheduler)),
-        }
-        scheduler_type = scheduler_opt.pop("type")
-        if scheduler_type not in SCHEDULERS:
-            raise ValueError(f"train.scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
-        self.schedulers = [SCHEDULERS[scheduler_type](self.optimizer_g, **scheduler_opt)]
+        self.schedulers = [build_scheduler(self.optimizer_g, scheduler_opt, f"stage {stage.name!r}")]
         self.stage_index = index
         get_root_logger().info(
             f"Stage {index + 1}/{len(self.stages)} {stage.name!r}, iterations {stage.first}-{stage.last}: "
