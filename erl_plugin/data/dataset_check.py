@@ -21,7 +21,7 @@ from typing import Any
 import lmdb
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from erl_plugin.data.derain_dataset import read_meta_info
+from erl_plugin.data.derain_dataset import is_lmdb, read_meta_info
 from erl_plugin.data.lmdb_env import open_lmdb
 
 IDENTITY_KEY = "allow_identity"
@@ -37,9 +37,7 @@ class DatasetCheckError(ValueError):
 
 def _is_lmdb(section: Mapping[str, Any]) -> bool:
     backend = section.get("io_backend") or {}
-    return (isinstance(backend, Mapping) and backend.get("type") == "lmdb") or str(
-        section.get("dataroot_lq", "")
-    ).endswith(".lmdb")
+    return is_lmdb(str(section.get("dataroot_lq", "")), backend.get("type") if isinstance(backend, Mapping) else None)
 
 
 def check_lmdb(root: str) -> dict[str, tuple[int, int]]:

@@ -78,7 +78,8 @@ def _option_error(key: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"DerainPairedDataset option {key!r} = {value!r} is invalid: {allowed}")
 
 
-def _is_lmdb(root: str, backend: str) -> bool:
+def is_lmdb(root: str, backend: str | None) -> bool:
+    """Whether a data root is read as a BasicSR LMDB: ``io_backend.type: lmdb``, or a ``.lmdb`` folder."""
     return backend == "lmdb" or root.rstrip("/\\").endswith(".lmdb")
 
 
@@ -232,7 +233,7 @@ class DerainPairedDataset(data.Dataset):
                 raise FileNotFoundError(f"DerainPairedDataset option {key!r} = {os.fspath(value)!r}: no such folder")
             roots[key] = os.fspath(value)
         self.lq_root, self.gt_root = roots["dataroot_lq"], roots["dataroot_gt"]
-        kinds = {_is_lmdb(root, backend["type"]) for root in roots.values()}
+        kinds = {is_lmdb(root, backend["type"]) for root in roots.values()}
         if len(kinds) != 1:
             raise _option_error(
                 "dataroot_lq", self.lq_root, f"lq and gt must both be folders or both LMDBs (gt: {self.gt_root!r})"

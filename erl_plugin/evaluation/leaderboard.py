@@ -275,6 +275,10 @@ def run_leaderboard(
     return rows
 
 
+ROW_COLUMNS = ("model", "network scored", "trained on", "test set", "images", "source")
+"""A row's leading columns, before its scores and costs, in the Markdown table and the CSV."""
+
+
 def _score_columns(protocols: Sequence[str]) -> list[str]:
     return [f"{metric} ({protocol})" for protocol in protocols for metric in ("PSNR", "SSIM")]
 
@@ -319,8 +323,7 @@ def leaderboard_markdown(rows: Sequence[Row], protocols: Sequence[str]) -> str:
     ]
     if REPORTED in columns:
         lines[0] += " Rows with source 'reported' are published numbers under each paper's own protocol."
-    header = ["model", "network scored", "trained on", "test set", "images", "source", *_score_columns(columns)]
-    header += _cost_columns()
+    header = [*ROW_COLUMNS, *_score_columns(columns), *_cost_columns()]
     lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in _ordered(rows):
         cells = [row.model, row.network or "", row.trained_on or "", row.test_set]
@@ -339,8 +342,7 @@ def _ordered(rows: Sequence[Row]) -> list[Row]:
 def write_leaderboard_csv(path: str, rows: Sequence[Row], protocols: Sequence[str]) -> None:
     """The rows as CSV: scores to 4 decimals (reported ones to 2/3, as published), ``device`` as a column."""
     columns = _protocol_columns(rows, protocols)
-    header = ["model", "network scored", "trained on", "test set", "images", "source", *_score_columns(columns)]
-    header += ["params", _cost_columns()[1], "ms/image", "device"]
+    header = [*ROW_COLUMNS, *_score_columns(columns), "params", _cost_columns()[1], "ms/image", "device"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
