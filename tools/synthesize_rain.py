@@ -2,7 +2,7 @@
 
 Two kinds:
 - a fixed dataset (train and test splits of a preset), for LMDB and folder training;
-- ``--generalization``: the validation split (training photos, the on-the-fly training domain) and the
+- ``--generalization``: the validation and plateau splits (training photos, the on-the-fly training domain) and the
   generalization test split (photos never trained on, rain partly outside the training domain) that
   ``tools/study.py`` and ``make demo`` evaluate on.
 
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.generalization:
         print(
-            f"wrote {summary['val']['pairs']} validation pairs (training photos, {summary['val']['domain']} rain) "
+            f"wrote {summary['val']['pairs']} validation and {summary['plateau']['pairs']} plateau pairs (training "
+            f"photos, {summary['val']['domain']} rain) "
             f"and {summary['test']['pairs']} test pairs (photos never trained on, "
             f"{' and '.join(summary['test']['domains'])} rain) to {args.out}"
         )

@@ -95,9 +95,10 @@ class ERLNet(nn.Module):
         zero_init (bool): Put a zero-initialised 1x1 conv on each residual, so a fresh wrapper
             computes exactly what the backbone computes. ``False`` is the paper's plain sum.
             Default: True.
-        ren_init (str): ``main`` starts the residual encoder from the main encoder's weights
-            (also when a backbone checkpoint is loaded), ``random`` from its own initialisation.
-            Default: ``main``.
+        ren_init (str): ``main`` starts the residual encoder from the main encoder's weights: when
+            built, when a backbone checkpoint is loaded, and (ERLModel) when the stage that first
+            trains it begins, from the main encoder trained so far. ``random`` keeps its own
+            initialisation. Default: ``main``.
         entangle_at (dict | None): For a network with neither the protocol nor an adapter: the
             module paths ``{bottleneck: 'path.to.module', skips: ['...', ...]}`` (skips from the
             highest resolution down) where forward hooks entangle it. MLGD with ``inject: decoder``
@@ -140,6 +141,8 @@ class ERLNet(nn.Module):
                 nn.init.zeros_(projection.bias)
         if ren_init == "main":
             self.copy_main_encoder_to_residual()
+        self.residual_from_checkpoint = False
+        """Whether an ERLNet checkpoint has loaded the residual encoder (training then keeps it)."""
 
     @property
     def hooked(self) -> bool:
@@ -287,4 +290,5 @@ class ERLNet(nn.Module):
             raise ValueError(f"{kind} does not match network_g ({self.backbone_options}): {details}") from None
         if plain and self.ren_init == "main":
             self.copy_main_encoder_to_residual()
+        self.residual_from_checkpoint = self.residual_from_checkpoint or not plain
         return result

@@ -249,6 +249,10 @@ class SyntheticRainDataset(data.Dataset):
         return {"lq": lq, "gt": gt, "lq_path": name, "gt_path": name}
 
 
+PLATEAU_SEED_OFFSET = 1000
+"""The plateau split's crops are drawn with ``seed + PLATEAU_SEED_OFFSET``: other crops than ``val``'s."""
+
+
 def synthesize_generalization_splits(
     out_dir: str | os.PathLike[str],
     *,
@@ -256,17 +260,20 @@ def synthesize_generalization_splits(
     train_domain: str = "wide",
     shifted_domain: str = "shifted",
     val_per_photo: int = 2,
+    plateau_per_photo: int = 2,
     val_size: int = 128,
     test_variants: int = 6,
     test_max_side: int = 256,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the validation and generalization test splits, in the RainTrainH layout, once.
+    """Write the validation, plateau and generalization test splits, in the RainTrainH layout, once.
 
     ``out_dir/val``: ``val_per_photo`` crops of ``val_size`` pixels per training photo
     (:data:`SKIMAGE_TRAIN_PHOTOS`) with rain from ``train_domain``, rendered as the training dataset
-    renders them (scale 0.5-1): for choosing settings. ``out_dir/test``: the photos no training run sees
+    renders them (scale 0.5-1): for choosing settings. ``out_dir/plateau``: ``plateau_per_photo`` other
+    crops of the same kind, which training runs validate on to detect their plateau (``PlateauLR``), so
+    that neither stopping nor the learning rate is tuned on ``val``. ``out_dir/test``: the photos no training run sees
     (:data:`SKIMAGE_TEST_PHOTOS`), whole (at most ``test_max_side``, multiples of 8), each with
     ``test_variants`` renderings from ``train_domain`` and as many from ``shifted_domain`` (other
     angles, lengths, widths and a blend mode per layer). ``out_dir/synthesis.json`` records, for every
@@ -275,13 +282,18 @@ def synthesize_generalization_splits(
     Returns:
         The summary written to ``synthesis.json``.
     """
-    for key, value in {"val_per_photo": val_per_photo, "val_size": val_size, "test_variants": test_variants}.items():
+    counts = {"val_per_photo": val_per_photo, "plateau_per_photo": plateau_per_photo, "val_size": val_size}
+    for key, value in {**counts, "test_variants": test_variants}.items():
         _positive_int(key, value)
     for domain in (train_domain, shifted_domain):
         build_domain(domain, None)
     val_set = SyntheticRainDataset(
         {"preset": train_domain, "gt_size": val_size, "rescale": [0.5, 1.0], "seed": seed,
          "num_samples": val_per_photo * len(SKIMAGE_TRAIN_PHOTOS)}
+    )  # fmt: skip
+    plateau_set = SyntheticRainDataset(
+        {"preset": train_domain, "gt_size": val_size, "rescale": [0.5, 1.0], "seed": seed + PLATEAU_SEED_OFFSET,
+         "num_samples": plateau_per_photo * len(SKIMAGE_TRAIN_PHOTOS)}
     )  # fmt: skip
     test_photos = skimage_photos(SKIMAGE_TEST_PHOTOS)
     test_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
@@ -290,18 +302,21 @@ def synthesize_generalization_splits(
         "source": "scikit-image",
         "val": {"photos": list(SKIMAGE_TRAIN_PHOTOS), "domain": train_domain, "size": val_size,
                 "pairs": len(val_set)},
+        "plateau": {"photos": list(SKIMAGE_TRAIN_PHOTOS), "domain": train_domain, "size": val_size,
+                    "pairs": len(plateau_set), "seed": seed + PLATEAU_SEED_OFFSET},
         "test": {"photos": list(SKIMAGE_TEST_PHOTOS), "domains": [train_domain, shifted_domain],
                  "max_side": test_max_side, "images": {}},
     }  # fmt: skip
     photos = os.path.dirname(skimage.data.__file__)
     with staged_directory(out_dir, overwrite=overwrite, inputs=[photos], tool="synthesize_rain") as staging:
-        val_dir, test_dir = staging / "val", staging / "test"
-        val_dir.mkdir()
+        test_dir = staging / "test"
         test_dir.mkdir()
-        for index in tqdm(range(len(val_set)), desc="val", unit="pair", disable=not progress):
-            clean, rainy, _ = val_set.pair(index)
-            write_png(val_dir / f"rain-{index + 1}.png", rainy)
-            write_png(val_dir / f"norain-{index + 1}.png", clean)
+        for split, dataset in (("val", val_set), ("plateau", plateau_set)):
+            (staging / split).mkdir()
+            for index in tqdm(range(len(dataset)), desc=split, unit="pair", disable=not progress):
+                clean, rainy, _ = dataset.pair(index)
+                write_png(staging / split / f"rain-{index + 1}.png", rainy)
+                write_png(staging / split / f"norain-{index + 1}.png", clean)
         number = 0
         jobs = [(name, photo, d) for name, photo in test_photos for d in (train_domain, shifted_domain)]
         for name, photo, domain in tqdm(jobs, desc="test", unit="photo x domain", disable=not progress):

@@ -24,6 +24,7 @@ from erl_plugin.engine.options import (
     validate_options,
 )
 from erl_plugin.models.nonfinite import NonFiniteLossError
+from erl_plugin.models.schedulers import PlateauReached
 from erl_plugin.utils.resume import ResumeError
 
 
@@ -90,6 +91,9 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
         sys.argv = [prog, "-opt", opt_path, *flags]
         try:
             pipeline(os.getcwd())
+        except PlateauReached as stop:  # the schedule's stopping rule: a normal end
+            print(f"{prog}: training ended: {stop}", file=sys.stderr)
+            return 0
         except (ResumeError, NonFiniteLossError) as error:  # bad resume input (2), or training diverged (1)
             print(f"error: {error}", file=sys.stderr)
             return 2 if isinstance(error, ResumeError) else 1

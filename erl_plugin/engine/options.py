@@ -172,8 +172,8 @@ def scale_requested_iterations(
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
 
-    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones and periods of
-    ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
+    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones, periods and (PlateauLR)
+    patience of ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
     ``logger.save_checkpoint_freq`` and ``logger.print_freq``. ``total_iter`` becomes the sum of the
     scaled stages when there are stages, so the two always agree.
     """
@@ -196,6 +196,8 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
         for key in ("milestones", "periods"):
             if scheduler and scheduler.get(key):
                 scheduler[key] = [scaled(v) for v in scheduler[key]]
+        if scheduler and isinstance(scheduler.get("patience"), int):
+            scheduler["patience"] = scaled(scheduler["patience"])
     return result
 
 

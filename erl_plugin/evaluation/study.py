@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -61,7 +62,9 @@ from erl_plugin.utils.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
 BOOTSTRAP_SAMPLES = 10000
-_RUN_KEYS = {"options", "set", "from_run", "checkpoint", "equal_time", "label", "seeds"}
+_RUN_KEYS = {"options", "set", "from_run", "checkpoint", "equal_time", "label", "seeds", "start_from", "score"}
+START_FROM = ("network_g", "network_t")
+"""What a trained run can load from another run's banked network (``path.pretrain_<key>``)."""
 _STUDY_KEYS = {
     "name",
     "seeds",
@@ -74,7 +77,7 @@ _STUDY_KEYS = {
     "threads",
     "jobs",
 }
-_CONSUMED = re.compile(r"End of training\. Time consumed: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
+_CONSUMED = re.compile(r"End of training(?: \(.*\))?\. Time consumed: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 
 
 class StudyError(ValueError):
@@ -94,6 +97,10 @@ class RunSpec:
     from_run: str | None = None
     checkpoint: str = "net_g_latest.pth"
     equal_time: Mapping[str, str] | None = None
+    start_from: Mapping[str, str] = field(default_factory=dict)
+    """``network_g`` / ``network_t`` -> the run whose banked network (same seed) this run starts from."""
+    score: bool = True
+    """False for a run whose network is not a derainer (a teacher): trained and banked, not scored."""
 
     @property
     def trained(self) -> bool:
@@ -104,8 +111,8 @@ class RunSpec:
         if self.from_run:
             return (self.from_run,)
         if self.equal_time:
-            return (self.equal_time["to"], self.equal_time["rate_from"])
-        return ()
+            return (self.equal_time["to"], self.equal_time["rate_from"], *self.start_from.values())
+        return tuple(self.start_from.values())
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,13 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
         run_seeds = spec.get("seeds", seeds)
         if not isinstance(run_seeds, list) or not run_seeds or not set(run_seeds) <= set(seeds):
             raise StudyError(f"{where}.seeds: {run_seeds!r} must be a non-empty subset of the study's seeds {seeds}")
+        start_from = spec.get("start_from") or {}
+        if not isinstance(start_from, Mapping) or not set(start_from) <= set(START_FROM):
+            raise StudyError(f"{where}.start_from: expected {{network_g: <run>, network_t: <run>}} (either or both)")
+        if start_from and "options" not in spec:
+            raise StudyError(f"{where}.start_from: only a trained run (options) starts from another run's network")
+        if not isinstance(spec.get("score", True), bool):
+            raise StudyError(f"{where}.score: {spec['score']!r} must be true or false")
         options = spec.get("options")
         if options is not None and not os.path.isfile(options):
             raise StudyError(f"{where}.options: {options} not found")
@@ -196,6 +210,8 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
             from_run=spec.get("from_run"),
             checkpoint=spec.get("checkpoint", "net_g_latest.pth"),
             equal_time=dict(equal_time) if equal_time else None,
+            start_from={key: str(value) for key, value in start_from.items()},
+            score=spec.get("score", True),
         )
     for run in runs.values():
         for dependency in run.depends_on:
@@ -206,6 +222,8 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
     for key in ("baseline", "reference"):
         if raw.get(key) is not None and raw[key] not in runs:
             raise StudyError(f"{path}: {key} {raw[key]!r} is not a run; runs: {sorted(runs)}")
+        if raw.get(key) is not None and not runs[raw[key]].score:
+            raise StudyError(f"{path}: {key} {raw[key]!r} is not scored (score: false)")
     scale = raw.get("iters_scale", 1.0) if iters_scale is None else iters_scale
     if not isinstance(scale, int | float) or not scale > 0:
         raise StudyError(f"{path}: iters_scale {scale!r} must be a number > 0")
@@ -241,6 +259,12 @@ def result_path(out: Path, run: str, seed: int) -> Path:
     return out / "runs" / f"{run}_s{seed}.json"
 
 
+def banked_path(out: Path, run: str, seed: int) -> Path:
+    """Where a finished run's network is kept in the study folder, for runs that start from it (and for
+    later sittings: the experiment folders are not kept)."""
+    return out / "checkpoints" / f"{run}_s{seed}.pth"
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -267,6 +291,11 @@ def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[
         base_iters = scale_iterations(opt, factor)["train"]["total_iter"]
         factor *= target["cpu_seconds"] / seconds_per_iter / base_iters
     opt = scale_iterations(opt, factor)
+    for key, source in run.start_from.items():
+        banked = banked_path(out, source, seed)
+        if not banked.is_file():
+            raise StudyError(f"{study.path}: runs.{run.name}.start_from.{key}: {banked} is missing (run {source!r})")
+        opt.setdefault("path", {})[f"pretrain_{key}"] = str(banked)
     opt["name"] = experiment_name(study, run.name, seed)
     opt["manual_seed"] = seed
     return opt, factor
@@ -377,8 +406,15 @@ def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
         record = {key: source[key] for key in ("options_file", "experiment")}
         record.update(from_run=run.from_run, train_seconds=None, cpu_seconds=None, validation=[])
         checkpoint = os.path.join(record["experiment"], "models", run.checkpoint)
+    if run.trained:
+        bank = banked_path(out, run.name, seed)
+        bank.parent.mkdir(parents=True, exist_ok=True)
+        tmp = bank.with_name(f".{bank.name}.tmp-{os.getpid()}")
+        shutil.copyfile(checkpoint, tmp)
+        os.replace(tmp, bank)
+        record["banked"] = str(bank)
     record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
-    record["scores"] = score_sets(study, record["options_file"], checkpoint)
+    record["scores"] = score_sets(study, record["options_file"], checkpoint) if run.score else {}
     _write_json(result_path(out, run.name, seed), record)
 
 
@@ -456,7 +492,10 @@ def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) ->
                     f"{s} {np.mean([v['psnr'] for v in r['images'].values()]):.2f} dB"
                     for s, r in result["scores"].items()
                 )
-                log(f"[{done}/{total}] {name} seed {seed}: done in {time.perf_counter() - started:.0f} s; {means}")
+                log(
+                    f"[{done}/{total}] {name} seed {seed}: done in {time.perf_counter() - started:.0f} s; "
+                    f"{means or 'not scored'}"
+                )
     if failures:
         raise RuntimeError("; ".join(failures))
 
@@ -499,7 +538,7 @@ def summarize(
 
     ``rainy`` holds the rainy inputs' scores (:func:`rainy_scores`), ``domains`` image -> rain domain per set.
     """
-    results = load_results(study, out)
+    results = {name: runs for name, runs in load_results(study, out).items() if study.runs[name].score}
     rng = np.random.default_rng(0)
     summary: dict[str, Any] = {"sets": {}, "rainy": {}, "runs": {}}
     for name, runs in results.items():

@@ -10,10 +10,16 @@ scales the loss with a GradScaler (bf16 needs none), whose scale is part of the 
 Networks are converted and compiled before they are DDP-wrapped, in place, so checkpoints keep
 plain parameter names. A step whose loss is NaN or infinite is skipped
 (:mod:`erl_plugin.models.nonfinite`), and no checkpoint is written while steps are being skipped.
+Schedules come from :mod:`erl_plugin.models.schedulers`: BasicSR's, and ``PlateauLR``, which follows
+validation and may end training at a plateau (the latest networks are written, and a resumed run
+reaches the same stop).
 """
 
+import copy
+import datetime
 import json
 import os
+import time
 from collections import OrderedDict
 from contextlib import AbstractContextManager
 from functools import cached_property
@@ -26,6 +32,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
 from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
+from erl_plugin.models.schedulers import PlateauLR, PlateauReached, build_scheduler
 from erl_plugin.utils.resume import write_training_state
 from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
 
@@ -84,6 +91,72 @@ class DerainModel(SRModel):
         if hasattr(self, "gt"):
             self.gt = memory_format(self.gt, self.channels_last)
 
+    def setup_schedulers(self) -> None:
+        """The schedulers of :mod:`erl_plugin.models.schedulers`, from a copy of ``train.scheduler``."""
+        scheduler_opt = copy.deepcopy(self.opt["train"]["scheduler"])
+        self.schedulers = [build_scheduler(optimizer, scheduler_opt, "train") for optimizer in self.optimizers]
+
+    def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
+        """BasicSR's update; a run resumed after its plateau stop ends here, before training more."""
+        self.__dict__.setdefault("_started", time.time())
+        stopped = self.plateau_stop()
+        if stopped is not None:
+            self._end_training(f"the run had stopped: {stopped}")
+        super().update_learning_rate(current_iter, warmup_iter)
+
+    # ------------------------------------------------------------------------ plateau schedule
+    def plateau_schedule(self) -> PlateauLR | None:
+        """The active ``PlateauLR``, if the run (or ERLModel's stage) uses one."""
+        return next((s for s in getattr(self, "schedulers", []) if isinstance(s, PlateauLR)), None)
+
+    def plateau_stop(self) -> str | None:
+        """What the plateau stop recorded, once it has fired."""
+        schedule = self.plateau_schedule()
+        if schedule is None or schedule.stopped_at is None:
+            return None
+        return schedule.events[-1]["event"] if schedule.events else f"plateau reached at {schedule.stopped_at}"
+
+    @cached_property
+    def plateau_dataset(self) -> str | None:
+        """The validation set that drives ``PlateauLR``: the first ``datasets.val*``."""
+        phases = [phase for phase in self.opt.get("datasets") or {} if phase.startswith("val")]
+        return self.opt["datasets"][phases[0]].get("name") if phases else None
+
+    def validation(self, dataloader: Any, current_iter: int, tb_logger: Any, save_img: bool = False) -> None:
+        """BasicSR's validation, then the plateau schedule's turn and the ``validation.jsonl`` line."""
+        self._validation_record: dict[str, Any] | None = None
+        super().validation(dataloader, current_iter, tb_logger, save_img)
+        schedule = self.plateau_schedule()
+        event = None
+        training = self.is_train and current_iter <= self.opt["train"]["total_iter"]
+        if schedule is not None and training and dataloader.dataset.opt.get("name") == self.plateau_dataset:
+            event = schedule.observe(self.metric_results[schedule.metric], current_iter)
+        if event is not None:
+            get_root_logger().info(f"PlateauLR: {event}")
+            last = getattr(self, "_last_save", None)
+            if last is not None and last[1] == current_iter:
+                # BasicSR saved before validating: the state must hold what this validation changed,
+                # or a run resumed from it would miss the reduction (or the stop).
+                self.save(*last)
+        record = self._validation_record
+        if record is not None:
+            record.update({"lr": self.get_current_learning_rate()[0]} if self.is_train else {})
+            record.update({"event": event} if event is not None else {})
+            with open(os.path.join(self.opt["path"]["experiments_root"], "validation.jsonl"), "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if schedule is not None and schedule.stopped_at == current_iter:
+            self._end_training(event)
+
+    def _end_training(self, reason: str | None) -> None:
+        """Write the latest networks, log the end as BasicSR does, and raise :class:`PlateauReached`.
+
+        A run resumed from an earlier state trains the same batches to the same stop.
+        """
+        self.save(-1, -1)
+        consumed = datetime.timedelta(seconds=int(time.time() - self.__dict__.get("_started", time.time())))
+        get_root_logger().info(f"End of training ({reason}). Time consumed: {consumed}")
+        raise PlateauReached(reason)
+
     @cached_property
     def nonfinite_guard(self) -> NonFiniteGuard:
         """Skips non-finite steps; stops training after ``train.max_consecutive_nonfinite`` in a row."""
@@ -131,21 +204,20 @@ class DerainModel(SRModel):
         """BasicSR's log lines, plus one JSON line in ``<experiment>/validation.jsonl`` during training.
 
         The file holds the validation history that the log states only in prose: ``{"iter", "dataset",
-        "metrics": {name: value}}`` per validation (a resumed run appends; readers keep the last line per
-        iteration and dataset).
+        "metrics": {name: value}, "lr"}`` per validation, with ``"event"`` where the plateau schedule acted
+        (a resumed run appends; readers keep the last line per iteration and dataset). :meth:`validation`
+        writes the line, after the schedule's turn.
         """
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         root = self.opt["path"].get("experiments_root")
         if not self.is_train or not root or self.opt.get("rank", 0) != 0:
             return
-        record = {
+        self._validation_record = {
             "iter": int(current_iter),
             "dataset": dataset_name,
             "metrics": {name: float(value) for name, value in self.metric_results.items()},
             **self.validation_record(),
         }
-        with open(os.path.join(root, "validation.jsonl"), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
 
     # -------------------------------------------------------------------------- save and resume
     def skips_saving(self, current_iter: int) -> bool:
@@ -159,6 +231,12 @@ class DerainModel(SRModel):
         """SRModel's save, skipped while non-finite steps are being skipped."""
         if not self.skips_saving(current_iter):
             super().save(epoch, current_iter)
+            self.after_save(epoch, current_iter)
+
+    def after_save(self, epoch: int, current_iter: int) -> None:
+        """Remember the last checkpoint (a schedule change at its iteration writes it again)."""
+        if current_iter != -1:
+            self._last_save = (epoch, current_iter)
 
     def training_state_extras(self) -> dict[str, Any]:
         """What this model adds to the training state of :mod:`erl_plugin.utils.resume`: the fp16 loss scale."""

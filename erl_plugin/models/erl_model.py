@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.models import lr_scheduler
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
@@ -34,16 +33,11 @@ from torch import Tensor, nn
 from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
 from erl_plugin.models.derain_model import DerainModel
+from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.stages import Stage, parse_stages
 from erl_plugin.utils.checkpoint import atomic_save
 from erl_plugin.utils.resume import ResumeError
 from erl_plugin.utils.speed import autocast
-
-SCHEDULERS = {
-    "MultiStepLR": lr_scheduler.MultiStepRestartLR,
-    "MultiStepRestartLR": lr_scheduler.MultiStepRestartLR,
-    "CosineAnnealingRestartLR": lr_scheduler.CosineAnnealingRestartLR,
-}
 
 
 def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,37 +49,32 @@ def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tup
     return optim_opt, scheduler_opt
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, scheduler_opt: Mapping[str, Any], where: str) -> Any:
-    """The scheduler ``scheduler_opt`` names (``type`` + arguments) on ``optimizer``.
-
-    Raises:
-        ValueError: naming ``where``, for an unknown type or arguments it does not take.
-    """
-    arguments = dict(scheduler_opt)
-    scheduler_type = arguments.pop("type", None)
-    if scheduler_type not in SCHEDULERS:
-        raise ValueError(f"{where}: scheduler.type: {scheduler_type!r}; allowed: {', '.join(SCHEDULERS)}")
-    try:
-        return SCHEDULERS[scheduler_type](optimizer, **arguments)
-    except (TypeError, ValueError, KeyError) as error:
-        raise ValueError(f"{where}: scheduler: {error}") from None
-
-
 def check_optimizers(opt: Mapping[str, Any]) -> None:
     """Build the optimizer and scheduler of every stage (ERLModel) or of the run (SRModel, DerainModel)
     on a stand-in parameter, as training will, so that a bad value fails at start-up, not at a stage
     switch. Other model types build their own and are left alone.
 
     Raises:
-        ValueError: naming the stage and key; BasicSR 1.4.2 builds Adam only.
+        ValueError: naming the stage and key; BasicSR 1.4.2 builds Adam only; a ``PlateauLR`` without its
+            validation metric, or stopping before the last stage.
     """
     if opt.get("model_type") not in ("SRModel", "DerainModel", "ERLModel"):
         return
     train = opt.get("train") or {}
     stages: list[Stage | None] = parse_stages(opt) if opt.get("model_type") == "ERLModel" else [None]
-    for stage in stages:
+    for position, stage in enumerate(stages, 1):
         where = f"stage {stage.name!r}" if stage is not None else "train"
         optim_opt, scheduler_opt = stage_training_options(train, stage)
+        if scheduler_opt.get("type") == "PlateauLR" and opt["model_type"] == "SRModel":
+            raise ValueError(
+                f"{where}: scheduler.type: PlateauLR needs model_type DerainModel or ERLModel (not SRModel)"
+            )
+        check_plateau_metric(opt, scheduler_opt, where)
+        if scheduler_opt.get("stop") and position < len(stages):
+            raise ValueError(
+                f"{where}: scheduler.stop: a plateau stop ends the whole run; only the last stage "
+                f"({stages[-1].name!r}) may stop"
+            )
         optim_type = optim_opt.pop("type", None)
         if optim_type != "Adam":
             raise ValueError(f"{where}: optim_g.type: {optim_type!r}; basicsr 1.4.2 builds Adam only")
@@ -130,6 +119,9 @@ class ERLModel(DerainModel):
             path.get("param_key_g", "params"),
         )
         self._load_checkpoint(self.net_t, "pretrain_network_t", path.get("strict_load_t", True), "params")
+        # A residual encoder loaded from a user's ERLNet checkpoint is kept; one from a resumed state is
+        # what the stage switch of the interrupted run would have seen.
+        self.keep_loaded_residual = net_g.residual_from_checkpoint and not path.get("resume_state")
         self.net_aligned: nn.Module | None = None
         self.stages: list[Stage] = []
         self.stage_index: int | None = None
@@ -188,10 +180,21 @@ class ERLModel(DerainModel):
             return list(part_parameters(self.get_bare_model(self.net_t), "encoder"))
         return list(bare_g.branch_parameters(branch))
 
-    def _enter_stage(self, index: int) -> None:
-        """Freeze all, unfreeze the stage's branches, re-wrap, and build fresh optimizers."""
+    def _enter_stage(self, index: int, resuming: bool = False) -> None:
+        """Freeze all, unfreeze the stage's branches, re-wrap, and build fresh optimizers.
+
+        With ``ren_init: main``, the stage that first trains the residual encoder starts it as a copy of
+        the main encoder as trained so far (not when ``resuming`` inside that stage: the state holds it,
+        nor when an ERLNet checkpoint loaded it).
+        """
         stage = self.stages[index]
         bare_g, bare_t = self.get_bare_model(self.net_g), self.get_bare_model(self.net_t)
+        first_residual = "residual_encoder" in stage.train and not any(
+            "residual_encoder" in earlier.train for earlier in self.stages[:index]
+        )
+        if first_residual and not resuming and bare_g.ren_init == "main" and not self.keep_loaded_residual:
+            bare_g.copy_main_encoder_to_residual()
+            get_root_logger().info(f"Stage {stage.name!r}: the residual encoder starts as a copy of the main encoder")
         for param in (*bare_g.parameters(), *bare_t.parameters()):
             param.requires_grad_(False)
             param.grad = None
@@ -302,6 +305,7 @@ class ERLModel(DerainModel):
             self.save_network(self.net_g, "net_g", current_iter)
         self.save_network(self.net_t, "net_t", current_iter)
         self.save_training_state(epoch, current_iter)
+        self.after_save(epoch, current_iter)
 
     def training_state_extras(self) -> dict[str, Any]:
         """DerainModel's extras plus the stage plan and the active stage."""
@@ -341,7 +345,7 @@ class ERLModel(DerainModel):
         if hasattr(self, "net_g_ema"):
             ema_path = os.path.join(models, f"net_g_{resume_state['iter']}.pth")
             self.load_network(self.net_g_ema, ema_path, True, "params_ema")
-        self._enter_stage(resume_state["stage"])
+        self._enter_stage(resume_state["stage"], resuming=True)
         super().resume_training(resume_state)
 
 

@@ -106,3 +106,47 @@ def test_stage1_end_is_a_plain_memd_checkpoint(tmp_path: Path) -> None:
     assert not [record for record in records if record.levelno >= logging.WARNING], messages
     assert any("a plain MEMD checkpoint" in m and "residual encoder starts as a copy" in m for m in messages)
     assert torch.equal(restarted.net_g.backbone.state_dict()["stem.0.weight"], state["params"]["stem.0.weight"])
+
+
+def _encoders(model: ERLModel) -> tuple[dict, dict]:
+    """The main encoder's and the residual encoder's weights, by the residual encoder's keys."""
+    residual = {k: v.detach().clone() for k, v in model.net_g.residual_encoder.state_dict().items()}
+    main = {k: v.detach().clone() for k, v in model.net_g.backbone.state_dict().items() if k in residual}
+    return main, residual
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("ren_init", ["main", "random"])
+def test_residual_encoder_starts_from_the_trained_main_encoder(tmp_path: Path, strategy: str, ren_init: str) -> None:
+    torch.manual_seed(0)
+    options = model_options(tmp_path, strategy)
+    options["network_g"]["ren_init"] = ren_init
+    model = ERLModel(options)
+    batch = {"lq": torch.rand(2, 3, 16, 16), "gt": torch.rand(2, 3, 16, 16)}
+    first = next(s for s in model.stages if "residual_encoder" in s.train)
+    initial = _encoders(model)
+    before = None
+    for current_iter in range(1, first.first + 1):
+        if current_iter == first.first:
+            before = _encoders(model)
+        model.update_learning_rate(current_iter)
+        if current_iter == first.first:
+            break
+        model.feed_data(batch)
+        model.optimize_parameters(current_iter)
+    main, residual = _encoders(model)
+    assert model.stage is first
+    if ren_init == "main":
+        # a copy of the main encoder as trained so far (stage I changed it, when there is one)
+        assert all(torch.equal(residual[k], main[k]) for k in main)
+        assert strategy == "DT" or any(not torch.equal(initial[1][k], residual[k]) for k in residual)
+    else:
+        assert all(torch.equal(residual[k], before[1][k]) for k in residual)
+        assert any(not torch.equal(residual[k], main[k]) for k in main)
+
+    # Entering that stage again as a resume does is no switch: what the state holds is kept.
+    model.feed_data(batch)
+    model.optimize_parameters(first.first)
+    trained = _encoders(model)[1]
+    model._enter_stage(model.stage_index, resuming=True)
+    assert all(torch.equal(trained[k], _encoders(model)[1][k]) for k in trained)

@@ -72,6 +72,10 @@ def test_resume_restores_stage_and_learning_rate(tmp_path: Path, tiny_lmdb: dict
     teacher = torch.load(stopped / "models/net_t_latest.pth", weights_only=True)["params"]
     original = torch.load(tmp_path / "experiments/erl/models/net_t_teacher.pth", weights_only=True)["params"]
     assert all(torch.equal(teacher[k], original[k]) for k in original)  # the teacher never changes after its stage
+    # Bit for bit the uninterrupted run, the residual encoder's copy at stage2's start included.
+    final = torch.load(tmp_path / "experiments/erl/models/net_g_latest.pth", weights_only=True)["params"]
+    again = torch.load(stopped / "models/net_g_latest.pth", weights_only=True)["params"]
+    assert all(torch.equal(again[k], final[k]) for k in final)
 
 
 @pytest.mark.slow
