@@ -12,8 +12,9 @@ choices (several follow the first author's later deraining code): no
 normalisation, LeakyReLU(0.1), Xavier initialisation, a 7x7 stem, dense blocks of 3x3 conv +
 LeakyReLU fused by a 1x1 conv and added back to the block input, a squeeze-excitation style
 recalibration in FUS, a channel width that doubles per level (``num_feat * 2**i``), a 1x1 conv
-after each pooling to change the width, and a global residual on the output (``global_residual``;
-the paper does not say whether the network predicts the image or the rain layer).
+after each pooling to change the width, and direct image output (``global_residual: false``; the paper
+does not say whether the network predicts the image or the rain layer, and ERL-Net's clean-to-clean
+teacher needs the image).
 """
 
 import torch
@@ -146,8 +147,10 @@ class MEMD(nn.Module):
         fusion (bool): Merge skips with the feature fusion layer (FUS) instead of a plain 1x1 conv
             after concatenation. Requires ``skip=True``. Default: True.
         global_residual (bool): Add the input to the output, so the network predicts a residual
-            (a guess: the paper does not say). Requires ``in_channels == out_channels``.
-            Default: True.
+            (the paper does not say; the author's later code outputs the image directly). Requires
+            ``in_channels == out_channels``. ERL-Net's feature loss refuses it: a clean-to-clean
+            teacher with the input added back learns the identity, and its clean embedding then
+            means "nothing to remove" (docs/study.md). Default: False.
         negative_slope (float): Negative slope of every LeakyReLU. Default: 0.1.
     """
 
@@ -161,7 +164,7 @@ class MEMD(nn.Module):
         growth_rate: int = 32,
         skip: bool = True,
         fusion: bool = True,
-        global_residual: bool = True,
+        global_residual: bool = False,
         negative_slope: float = 0.1,
     ) -> None:
         super().__init__()

@@ -425,9 +425,17 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     _check_speed(opt, source)
     if is_train and opt["model_type"] == "ERLModel":
         try:
-            parse_stages(opt)
+            stages = parse_stages(opt)
         except StageError as error:
             raise OptionsError(f"{source}: {error}") from None
+        if any("feature" in stage.losses for stage in stages) and getattr(teacher, "global_residual", False):
+            raise OptionsError(
+                f"{source}: network_g.backbone.global_residual: true, and a stage uses the feature loss: a "
+                "clean-to-clean teacher that adds its input back learns the identity, so the embedding of a clean "
+                "image tells the decoder there is no rain to remove and the feature loss pulls the wrong way "
+                "(docs/study.md, the headroom table). Use global_residual: false (direct image output), or train "
+                "without the feature loss"
+            )
     if is_train:
         try:
             check_optimizers(opt)

@@ -147,7 +147,7 @@ def test_ablation_variants() -> None:
         ({"growth_rate": 2.5}, "growth_rate"),
         ({"num_dense_layers": True}, "num_dense_layers"),
         ({"in_channels": 0}, "in_channels"),
-        ({"out_channels": 1}, "global_residual"),
+        ({"out_channels": 1, "global_residual": True}, "global_residual"),
         ({"negative_slope": -0.1}, "negative_slope"),
     ],
 )

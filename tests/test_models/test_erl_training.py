@@ -98,6 +98,10 @@ def test_torchrun_crosses_stage_boundaries(tmp_path: Path, tiny_lmdb: dict[str, 
             "network_g: backbone.type: EDSR does not implement the encoder/decoder protocol",
         ),
         (lambda o: o["train"].update(strategy="MA_X"), "train.strategy: 'MA_X' is not a strategy"),
+        (
+            lambda o: o["network_g"]["backbone"].update(global_residual=True),
+            "network_g.backbone.global_residual: true, and a stage uses the feature loss",
+        ),
     ],
 )
 def test_bad_erl_options_stop_before_training(tmp_path: Path, tiny_lmdb: dict[str, str], change, message: str) -> None:
