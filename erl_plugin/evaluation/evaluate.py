@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 from basicsr.archs import build_network
+from basicsr.losses import build_loss
 from basicsr.utils import tensor2img
 from torch import nn
 
@@ -26,6 +27,7 @@ from erl_plugin.data.lmdb_writer import write_image
 from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
+from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.utils.checkpoint import load_fitting, load_weights
 from erl_plugin.utils.outputs import check_not_input
 
@@ -257,3 +259,46 @@ def evaluate(
         title = f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})"
         handle.write(format_table(title, means, {label: network.scored for label, network in loaded.items()}) + "\n")
     return means
+
+
+def checkpoint_headroom(opt_path: str, network_g: str, teacher: str, data: str | None = None) -> Headroom:
+    """The entanglement headroom (:mod:`erl_plugin.models.headroom`) of checkpoints on disk, with the
+    gradient balance of the options' ``pixel_opt`` and ``feature_opt`` where both are given.
+
+    Args:
+        opt_path: ERL-Net options (``network_g: {type: ERLNet}``; ``train.teacher_mode`` says through which
+            decoder the teacher was trained).
+        network_g: An ERLNet checkpoint or a plain backbone one (the residual encoder then follows ``ren_init``).
+        teacher: The teacher's checkpoint (``net_t_*.pth``).
+        data: A test folder in any layout (or lq.lmdb + gt.lmdb); default: the options' first validation set.
+
+    Raises:
+        OptionsError: The options build no ERLNet, or name no validation set and ``data`` is None.
+        ValueError: A checkpoint does not fit.
+    """
+    opt = load_options(opt_path)
+    import_custom_modules(opt, opt_path)
+    if (opt.get("network_g") or {}).get("type") != "ERLNet":
+        raise OptionsError(f"{opt_path}: network_g.type must be ERLNet (the headroom needs a teacher's target)")
+    net = build_network(dict(opt["network_g"]))
+    teacher_net = net.new_backbone()
+    for target, path in ((net, network_g), (teacher_net, teacher)):
+        try:
+            load_fitting(target, load_weights(path, "params"))
+        except ValueError as error:
+            raise ValueError(f"{path} does not fit network_g of {opt_path}: {error}") from None
+    if data is not None:
+        section = dataset_section(data)
+    else:
+        phases = [phase for phase in opt.get("datasets") or {} if phase.startswith("val")]
+        if not phases:
+            raise OptionsError(f"{opt_path}: no datasets.val section; give the data to measure on")
+        section = {key: value for key, value in opt["datasets"][phases[0]].items() if key != "phase"}
+    dataset = test_pairs(section)
+    pairs = ((item["lq"][None], item["gt"][None]) for item in (dataset[i] for i in range(len(dataset))))
+    train = opt.get("train") or {}
+    aligned = train.get("teacher_mode", "independent") == "aligned"
+    losses = None
+    if train.get("pixel_opt") and train.get("feature_opt"):
+        losses = (build_loss(dict(train["pixel_opt"])), build_loss(dict(train["feature_opt"])))
+    return measure_headroom(net, teacher_net, pairs, aligned, section["name"], losses)

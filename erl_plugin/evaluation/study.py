@@ -37,7 +37,6 @@ import math
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +57,7 @@ from erl_plugin.engine.options import (
     load_yaml,
     scale_iterations,
 )
+from erl_plugin.utils.checkpoint import atomic_write_bytes, atomic_write_text
 from erl_plugin.utils.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
@@ -266,10 +266,7 @@ def banked_path(out: Path, run: str, seed: int) -> Path:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1) + "\n")
 
 
 def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[str, Any], float]:
@@ -409,9 +406,7 @@ def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
     if run.trained:
         bank = banked_path(out, run.name, seed)
         bank.parent.mkdir(parents=True, exist_ok=True)
-        tmp = bank.with_name(f".{bank.name}.tmp-{os.getpid()}")
-        shutil.copyfile(checkpoint, tmp)
-        os.replace(tmp, bank)
+        atomic_write_bytes(Path(checkpoint).read_bytes(), str(bank))
         record["banked"] = str(bank)
     record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
     record["scores"] = score_sets(study, record["options_file"], checkpoint) if run.score else {}

@@ -6,7 +6,13 @@ switch every parameter is frozen, the stage's branches are unfrozen, the network
 (DDP sees only what trains) and fresh optimizers and schedulers are built from copies of the
 options, with schedules counted from the stage's first iteration. The teacher, once trained, is
 frozen and in eval mode, is never DDP-wrapped, and is in no optimizer and no EMA; for the feature
-loss it runs its encoder only, under ``no_grad``.
+loss it runs its encoder only, under ``no_grad``; during its own stage, validation scores it clean
+to clean (``train.teacher_init: main`` starts it as a copy of the deraining backbone).
+
+Stage switches also carry ERL-Net's initialisations: with ``ren_init: main`` the stage that first
+trains the residual encoder starts it as a copy of the main encoder as trained so far; the first stage
+with the feature loss logs the entanglement headroom (:mod:`erl_plugin.models.headroom`) and writes
+``headroom.json``. Neither is redone when a run resumes inside the stage.
 
 Checkpoints: ``net_g_<iter>.pth`` and ``net_t_<iter>.pth`` with every save; at the end of each stage
 ``net_g_<stage>.pth`` (and ``net_t_teacher.pth``); at the end of a stage that does not use the
@@ -16,6 +22,8 @@ restores it with its optimizers and schedulers, mid-stage or exactly at a bounda
 """
 
 import copy
+import itertools
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +31,7 @@ from typing import Any
 
 import torch
 from basicsr.archs import build_network
+from basicsr.data import build_dataset
 from basicsr.losses import build_loss
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
@@ -33,6 +42,7 @@ from torch import Tensor, nn
 from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
 from erl_plugin.models.derain_model import DerainModel
+from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.stages import Stage, parse_stages
 from erl_plugin.utils.checkpoint import atomic_save
@@ -85,6 +95,10 @@ def check_optimizers(opt: Mapping[str, Any]) -> None:
         if not scheduler_opt:
             raise ValueError(f"{where}: train.scheduler is missing (e.g. type: MultiStepLR, milestones: [], gamma: 1)")
         build_scheduler(optimizer, scheduler_opt, where)
+
+
+HEADROOM_IMAGES = 32
+"""Validation images the headroom at the start of the feature loss is measured on."""
 
 
 class AlignedTeacher(nn.Module):
@@ -195,6 +209,9 @@ class ERLModel(DerainModel):
         if first_residual and not resuming and bare_g.ren_init == "main" and not self.keep_loaded_residual:
             bare_g.copy_main_encoder_to_residual()
             get_root_logger().info(f"Stage {stage.name!r}: the residual encoder starts as a copy of the main encoder")
+        if stage.trains_teacher and not resuming and self.opt["train"].get("teacher_init", "random") == "main":
+            bare_t.load_state_dict(bare_g.backbone.state_dict())
+            get_root_logger().info(f"Stage {stage.name!r}: the teacher starts as a copy of the deraining backbone")
         for param in (*bare_g.parameters(), *bare_t.parameters()):
             param.requires_grad_(False)
             param.grad = None
@@ -218,11 +235,39 @@ class ERLModel(DerainModel):
         self.optimizers = [self.optimizer_g]
         self.schedulers = [build_scheduler(self.optimizer_g, scheduler_opt, f"stage {stage.name!r}")]
         self.stage_index = index
+        if "feature" in stage.losses and not resuming and not any("feature" in s.losses for s in self.stages[:index]):
+            self._report_headroom()
         get_root_logger().info(
             f"Stage {index + 1}/{len(self.stages)} {stage.name!r}, iterations {stage.first}-{stage.last}: "
             f"training {', '.join(stage.train)} ({sum(p.numel() for p in trainable):,} parameters) "
             f"with {' + '.join(stage.losses)} loss{'es' if len(stage.losses) > 1 else ''}"
         )
+
+    @master_only
+    def _report_headroom(self) -> Headroom | None:
+        """Log the entanglement headroom (:mod:`erl_plugin.models.headroom`) on the first validation set
+        (at most :data:`HEADROOM_IMAGES` images) and write it to ``<experiment>/headroom.json``."""
+        bare_g, bare_t = self.get_bare_model(self.net_g), self.get_bare_model(self.net_t)
+        phases = [phase for phase in self.opt.get("datasets") or {} if phase.startswith("val")]
+        logger = get_root_logger()
+        if not phases or bare_g.hooked:
+            why = "no validation set" if not phases else "a backbone entangled through entangle_at has no decode call"
+            logger.info(f"Headroom not measured: {why}")
+            return None
+        dataset = build_dataset(copy.deepcopy(self.opt["datasets"][phases[0]]))
+        pairs = (
+            (item["lq"][None].to(self.device), item["gt"][None].to(self.device))
+            for item in itertools.islice((dataset[i] for i in range(len(dataset))), HEADROOM_IMAGES)
+        )
+        aligned = self.opt["train"].get("teacher_mode", "independent") == "aligned"
+        losses = (self.cri_pix, self.cri_feat)
+        headroom = measure_headroom(bare_g, bare_t, pairs, aligned, dataset.opt.get("name", phases[0]), losses)
+        logger.info(headroom.report())
+        root = self.opt["path"].get("experiments_root")
+        if root:
+            with open(os.path.join(root, "headroom.json"), "w", encoding="utf-8") as handle:
+                json.dump(headroom.as_dict(), handle, indent=1)
+        return headroom
 
     @master_only
     def _save_stage_end(self, stage: Stage) -> None:
@@ -285,13 +330,20 @@ class ERLModel(DerainModel):
             self.model_ema(decay=self.ema_decay)
 
     def test(self) -> None:
-        """Derain ``self.lq`` as the active stage does (all of ERL-Net when testing)."""
+        """Derain ``self.lq`` as the active stage does (all of ERL-Net when testing); during a teacher
+        stage, validation scores the teacher instead: the clean image in, the clean image out."""
         entangled = self.stage is None or self.stage.entangled
-        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        net: nn.Module = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        source = self.lq
+        if self.stage is not None and self.stage.trains_teacher and hasattr(self, "gt"):
+            bare_t = self.get_bare_model(self.net_t)
+            aligned = "teacher_encoder" in self.stage.train
+            net = AlignedTeacher(bare_t, self.get_bare_model(self.net_g).backbone) if aligned else bare_t
+            source, entangled = self.gt, None
         was_training = net.training
         net.eval()
         with torch.no_grad(), autocast(self.device, self.test_dtype):
-            self.output = net(self.lq, entangled=entangled).float()
+            self.output = (net(source) if entangled is None else net(source, entangled=entangled)).float()
         net.train(was_training)
 
     # -------------------------------------------------------------------------- save and resume

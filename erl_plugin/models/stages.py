@@ -29,6 +29,9 @@ GENERATOR_BRANCHES = ("main_encoder", "decoder", "residual_encoder")
 TEACHER_BRANCHES = ("teacher", "teacher_encoder")
 LOSSES = ("pixel", "feature")
 TEACHER_MODES = ("independent", "aligned")
+TEACHER_INITS = ("random", "main")
+"""``train.teacher_init``: the teacher starts from its own initialisation, or as a copy of the deraining
+backbone as it stands when the teacher's stage begins (after stage1, or loaded by ``pretrain_network_g``)."""
 STAGE_KEYS = ("name", "iters", "train", "losses", "optim_g", "scheduler")
 
 _MEN_MDE = ("main_encoder", "decoder")
@@ -144,6 +147,9 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
     mode = train_opt.get("teacher_mode", "independent")
     if mode not in TEACHER_MODES:
         raise StageError(f"train.teacher_mode: {mode!r} is not allowed; allowed: {', '.join(TEACHER_MODES)}")
+    teacher_init = train_opt.get("teacher_init", "random")
+    if teacher_init not in TEACHER_INITS:
+        raise StageError(f"train.teacher_init: {teacher_init!r} is not allowed; allowed: {', '.join(TEACHER_INITS)}")
     pretrained_teacher = bool((opt.get("path") or {}).get("pretrain_network_t"))
     teacher_branch = "teacher" if mode == "independent" else "teacher_encoder"
     if ("strategy" in train_opt) == ("stages" in train_opt):

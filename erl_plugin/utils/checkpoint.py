@@ -47,7 +47,18 @@ def atomic_save(obj: Any, path: str) -> str:
     """``torch.save`` ``obj`` to ``path`` through a fsynced temporary file; return the SHA-256 of the bytes."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    data = buffer.getbuffer()
+    return atomic_write_bytes(buffer.getbuffer(), path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` as :func:`atomic_write_bytes` does; the folder is created."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return atomic_write_bytes(text.encode("utf-8"), str(path))
+
+
+def atomic_write_bytes(data: bytes | memoryview, path: str) -> str:
+    """Write ``data`` to ``path`` through a fsynced temporary file renamed over it (a reader sees the old
+    file or the new one, never a part); return the SHA-256 of the bytes."""
     tmp = f"{path}{TMP_SUFFIX}"
     with open(tmp, "wb") as handle:
         handle.write(data)
