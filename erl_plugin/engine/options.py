@@ -172,9 +172,10 @@ def scale_requested_iterations(
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
 
-    Scaled together: ``train.total_iter``, ``train.stage_iters``, the milestones, periods and (PlateauLR)
-    patience of ``train.scheduler`` and of every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``,
-    ``logger.save_checkpoint_freq`` and ``logger.print_freq``. ``total_iter`` becomes the sum of the
+    Scaled together: ``train.total_iter``, ``train.stage_iters`` (or the ``iters`` of each of
+    ``train.stages``), the milestones, periods and (PlateauLR) patience of ``train.scheduler`` and of
+    every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``, ``logger.save_checkpoint_freq``
+    and ``logger.print_freq``. ``total_iter`` becomes the sum of the
     scaled stages when there are stages, so the two always agree.
     """
     if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
@@ -191,7 +192,17 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     if train.get("stage_iters"):
         train["stage_iters"] = [scaled(v) for v in train["stage_iters"]]
         train["total_iter"] = sum(train["stage_iters"])
+    stages = train.get("stages")
+    if (
+        isinstance(stages, list)
+        and stages
+        and all(isinstance(s, dict) and isinstance(s.get("iters"), int) for s in stages)
+    ):
+        for stage in stages:
+            stage["iters"] = scaled(stage["iters"])
+        train["total_iter"] = sum(stage["iters"] for stage in stages)
     schedulers = [train.get("scheduler")] + [s.get("scheduler") for s in (train.get("stage_options") or {}).values()]
+    schedulers += [s.get("scheduler") for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
     for scheduler in schedulers:
         for key in ("milestones", "periods"):
             if scheduler and scheduler.get(key):

@@ -454,9 +454,10 @@ def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) ->
     log(f"study {study.name}: {done} of {total} runs finished, {len(pending)} to go, {jobs} at a time -> {out}")
     running: dict[Future, tuple[str, int, float]] = {}
     failures = []
+    failed: set[tuple[str, int]] = set()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
-            blocked = {(name, seed) for name, seed in pending} | {(n, s) for n, s, _ in running.values()}
+            blocked = set(pending) | {(n, s) for n, s, _ in running.values()} | failed
             for job in list(pending):
                 if len(running) >= jobs:
                     break
@@ -478,6 +479,7 @@ def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) ->
                 name, seed, started = running.pop(future)
                 error = future.exception()
                 if error is not None:
+                    failed.add((name, seed))
                     failures.append(f"{name} seed {seed}: {error}")
                     log(f"{name} seed {seed}: FAILED: {error}")
                     continue

@@ -130,6 +130,12 @@ def test_start_up_refuses_a_plateau_schedule_it_cannot_follow(tiny_lmdb: dict[st
         check_optimizers(opt)
 
 
-def test_patience_scales_with_the_run() -> None:
-    opt = {"train": {"total_iter": 1000, "scheduler": {"type": "PlateauLR", "patience": 400}}}
-    assert scale_iterations(opt, 0.5)["train"]["scheduler"]["patience"] == 200
+def test_patience_and_explicit_stages_scale_with_the_run() -> None:
+    stages = [
+        {"name": "a", "iters": 300, "scheduler": {"type": "PlateauLR", "patience": 100}},
+        {"name": "b", "iters": 700},
+    ]
+    opt = {"train": {"total_iter": 1000, "scheduler": {"type": "PlateauLR", "patience": 400}, "stages": stages}}
+    scaled = scale_iterations(opt, 0.5)["train"]
+    assert scaled["scheduler"]["patience"] == 200 and scaled["stages"][0]["scheduler"]["patience"] == 50
+    assert [s["iters"] for s in scaled["stages"]] == [150, 350] and scaled["total_iter"] == 500
