@@ -340,6 +340,7 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
         "attempts": len(history),
         "experiment": str(experiment),
         "validation": read_validation(experiment / "validation.jsonl"),
+        "headroom": json.loads(headroom.read_text()) if (headroom := experiment / "headroom.json").is_file() else None,
     }
 
 
@@ -535,10 +536,11 @@ def summarize(
 
     ``rainy`` holds the rainy inputs' scores (:func:`rainy_scores`), ``domains`` image -> rain domain per set.
     """
-    results = {name: runs for name, runs in load_results(study, out).items() if study.runs[name].score}
+    records = load_results(study, out)
+    results = {name: runs for name, runs in records.items() if study.runs[name].score}
     rng = np.random.default_rng(0)
     summary: dict[str, Any] = {"sets": {}, "rainy": {}, "runs": {}}
-    for name, runs in results.items():
+    for name, runs in records.items():
         seconds = [r["train_seconds"] for r in runs.values() if r.get("train_seconds") is not None]
         cpu = [r["cpu_seconds"] for r in runs.values() if r.get("cpu_seconds") is not None]
         summary["runs"][name] = {
@@ -624,8 +626,14 @@ def _delta(entry: Mapping[str, Any], name: str, other: str) -> tuple[str, str]:
     )
 
 
-def format_report(study: Study, summary: Mapping[str, Any], machine: str) -> str:
-    """The Markdown report: one table per set (and per domain group), then the runs' costs."""
+def format_report(
+    study: Study,
+    summary: Mapping[str, Any],
+    machine: str,
+    records: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
+) -> str:
+    """The Markdown report: one table per set (and per domain group), the runs' costs, and from the runs'
+    ``records`` (:func:`load_results`) their schedule events and headroom."""
     compared = [name for name in (study.baseline, study.reference) if name is not None]
     lines = [
         f"# Study `{study.name}` ({study.path})",
@@ -672,7 +680,44 @@ def format_report(study: Study, summary: Mapping[str, Any], machine: str) -> str
         else:
             cost = f"{seconds / 60:.1f} min | " + (f"{cpu / 60:.1f} min" if cpu is not None else "")
         lines.append(f"| {run['label']} | {', '.join(map(str, run['iterations'])) or '-'} | {cost} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _events_and_headroom(study, records or {})) + "\n"
+
+
+def _events_and_headroom(study: Study, results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> list[str]:
+    """The learning-rate schedule's events (PlateauLR) and the headroom measured at each feature loss's start."""
+    lines: list[str] = []
+    events = [
+        f"- {study.runs[name].label}, seed {seed}, iteration {record['iter']}: {record['event']}"
+        for name, runs in results.items()
+        for seed, result in sorted(runs.items())
+        for record in result.get("validation", [])
+        if record.get("event")
+    ]
+    if events:
+        lines += ["", "## Learning-rate schedule (PlateauLR on the runs' validation set)", "", *events]
+    rooms = [
+        (name, seed, r["headroom"])
+        for name, runs in results.items()
+        for seed, r in sorted(runs.items())
+        if r.get("headroom")
+    ]
+    if rooms:
+        lines += [
+            "",
+            "## Headroom when the feature loss starts (PSNR dB, basicsr, on the runs' validation set)",
+            "",
+            "| run | seed | student | midpoint | target | target - student | teacher clean to clean | "
+            "teacher, features zeroed | λ_fre balancing the gradients |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, seed, room in rooms:
+            balanced = f"{room['balanced_lambda']:.3g}" if room.get("balanced_lambda") is not None else "-"
+            lines.append(
+                f"| {study.runs[name].label} | {seed} | {room['student']:.2f} | {room['midpoint']:.2f} | "
+                f"{room['target']:.2f} | {room['margin']:+.2f} | {room['teacher']:.2f} | "
+                f"{room['teacher_without_features']:.2f} | {balanced} |"
+            )
+    return lines
 
 
 def headline(study: Study, summary: Mapping[str, Any]) -> list[str]:
@@ -778,6 +823,7 @@ def write_report(study: Study, out: Path) -> tuple[Path, dict[str, Any]]:
     plot_validation(study, out, out / "validation.png")
     report = out / "report.md"
     report.write_text(
-        format_report(study, summary, machine) + "\n![validation PSNR](validation.png)\n", encoding="utf-8"
+        format_report(study, summary, machine, load_results(study, out)) + "\n![validation PSNR](validation.png)\n",
+        encoding="utf-8",
     )
     return report, summary

@@ -176,5 +176,8 @@ def test_generalization_cli(tmp_path: Path):
         [str(REPO / "tools/synthesize_rain.py"), "--generalization", "--out", "g", "--no-progress"], tmp_path
     )
     assert result.returncode == 0, result.stderr
-    assert "18 validation pairs" in result.stdout and "24 test pairs (photos never trained on" in result.stdout
+    assert (
+        "18 validation and 18 plateau pairs" in result.stdout
+        and "24 test pairs (photos never trained on" in result.stdout
+    )
     assert len(list((tmp_path / "g/test").glob("rain-*.png"))) == 24

@@ -19,7 +19,7 @@ TINY = {"num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
 def tiny_memd(identity: bool = False) -> MEMD:
     """A tiny random MEMD; with ``identity`` its head is zeroed, so the global residual returns the input."""
     torch.manual_seed(0)
-    net = MEMD(**TINY).eval()
+    net = MEMD(**TINY, global_residual=identity).eval()
     if identity:
         torch.nn.init.zeros_(net.head.weight)
     return net

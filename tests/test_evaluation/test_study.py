@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,15 @@ def test_scale_iterations_scales_every_count_together():
         scale_iterations(opt, 0)
 
 
+def test_the_converged_study_forks_every_phase_b_arm_from_phase_a():
+    study = load_study(str(REPO / "options/study/converged.yml"))
+    assert study.runs["teacher"].depends_on == ("memd",) and not study.runs["teacher"].score
+    assert study.runs["erl_paper_lambda"].start_from == {"network_g": "memd", "network_t": "teacher"}
+    arms = [name for name in study.runs if name not in ("memd", "teacher")]
+    assert all(study.runs[name].start_from["network_g"] == "memd" for name in arms)
+    assert all(len(study.runs[name].seeds) >= 2 for name in study.runs)
+
+
 def test_the_shipped_study_file_parses():
     study = load_study(str(REPO / "options/study/fidelity.yml"))
     assert study.baseline == "memd_equal_iters" and study.reference == "erl" and study.seeds == (0, 1, 2)
@@ -59,6 +69,10 @@ def test_the_shipped_study_file_parses():
         ({"runs": {"a": {"options": "OPT", "from_run": "a"}}}, "give either options"),
         ({"runs": {"a": {"options": "OPT", "speed": 2}}}, "runs.a: unknown key(s) ['speed']"),
         ({"test_sets": ["odd=."]}, "test_sets[0]: .: no known layout reads it"),
+        ({"runs": {"a": {"options": "OPT", "start_from": {"net": "a"}}}}, "runs.a.start_from: expected"),
+        ({"runs": {"a": {"options": "OPT", "start_from": {"network_g": "b"}}}}, "depends on 'b', which is not"),
+        ({"runs": {"a": {"options": "OPT", "score": "no"}}}, "runs.a.score: 'no' must be true or false"),
+        ({"runs": {"a": {"options": "OPT", "score": False}}}, "baseline 'a' is not scored"),
     ],
 )
 def test_bad_study_files_are_refused_naming_the_key(tmp_path: Path, change: dict, message: str):
@@ -153,6 +167,11 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
             "erl": {"options": erl, "set": tiny_net},
             "memd": {"options": memd, "set": {k.replace("backbone.", ""): v for k, v in tiny_net.items()}},
             "stage1": {"from_run": "erl", "checkpoint": "memd_stage1.pth"},
+            "memd_on": {  # starts from memd's banked network
+                "options": memd,
+                "set": {k.replace("backbone.", ""): v for k, v in tiny_net.items()},
+                "start_from": {"network_g": "memd"},
+            },
             "memd_time": {
                 "options": memd,
                 "set": {k.replace("backbone.", ""): v for k, v in tiny_net.items()},
@@ -164,10 +183,14 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     extra = ["--data", f"extra={splits / 'test'}"]
     first = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "0 of 4 runs finished, 4 to go, 2 at a time" in first.stdout and "[4/4]" in first.stdout
+    assert "0 of 5 runs finished, 5 to go, 2 at a time" in first.stdout and "[5/5]" in first.stdout
     out = tmp_path / "studies/tiny"
     results = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    assert sorted(results) == ["erl_s0", "memd_s0", "memd_time_s0", "stage1_s0"]
+    assert sorted(results) == ["erl_s0", "memd_on_s0", "memd_s0", "memd_time_s0", "stage1_s0"]
+    banked = "studies/tiny/checkpoints/memd_s0.pth"  # relative to the study's root, as the study file's paths
+    assert results["memd_s0"]["banked"] == banked
+    assert (tmp_path / banked).read_bytes() == (tmp_path / results["memd_s0"]["checkpoint"]).read_bytes()
+    assert results["memd_on_s0"]["options"]["path"]["pretrain_network_g"] == banked
     assert set(results["erl_s0"]["scores"]) == {"val", "test", "extra"}
     assert len(results["erl_s0"]["scores"]["test"]["images"]) == 4
     assert results["erl_s0"]["validation"] and results["erl_s0"]["train_seconds"] >= 0
@@ -189,10 +212,17 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     other = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only"], tmp_path)
     assert other.returncode == 2 and "at iters_scale 0.006, not 'tiny' at 0.5" in other.stderr
     (out / "runs/memd_time_s0.json").unlink()  # as if the study had been killed during that run
+    # A later sitting without the experiment folders: the fork starts from the banked network.
+    (out / "runs/memd_on_s0.json").unlink()
+    shutil.rmtree(tmp_path / "experiments/study_tiny_memd_on_s0_x0.006")
+    shutil.rmtree(tmp_path / "experiments/study_tiny_memd_s0_x0.006")
     second = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "3 of 4 runs finished, 1 to go" in second.stdout and "memd_time seed 0: started" in second.stdout
+    assert "3 of 5 runs finished, 2 to go" in second.stdout and "memd_time seed 0: started" in second.stdout
+    assert "memd_on seed 0: started" in second.stdout
     assert "erl seed 0: started" not in second.stdout
     assert all(
-        (out / "runs" / name).stat().st_mtime_ns == mtime for name, mtime in kept.items() if name != "memd_time_s0.json"
+        (out / "runs" / name).stat().st_mtime_ns == mtime
+        for name, mtime in kept.items()
+        if name not in ("memd_time_s0.json", "memd_on_s0.json")
     )
