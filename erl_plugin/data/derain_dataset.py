@@ -8,6 +8,7 @@ small-image padding or skipping, and error messages that name the file (or ``<lm
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import warnings
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ __all__ = ["DerainPairedDataset", "ImageConversionWarning"]
 LMDB_PAIRS_FILE = "pairs.txt"
 _PHASES = ("train", "val", "test")
 _SMALL_IMAGES = ("pad", "skip")
+_HOLD_OUT_PARTS = ("rest", "held")
 _BACKENDS = ("disk", "lmdb")
 # PairedImageDataset options this dataset does not implement; accepting them silently would mislead.
 _UNSUPPORTED = {
@@ -66,6 +68,7 @@ _OWN_KEYS = {
     "use_rot": "vertical flips and rotations",
     "allow_identity": "true: identical rainy and clean images are meant (the start-up check refuses them)",
     "small_images": "pad or skip",
+    "hold_out": "{share: 0.05, keep: rest | held}: a fixed split of the pairs by clean image",
     **{key: f"refused: {reason}" for key, reason in _UNSUPPORTED.items()},
 }
 
@@ -160,6 +163,11 @@ class DerainPairedDataset(data.Dataset):
             small_images (str): For cropping, a pair smaller than ``gt_size``: ``'pad'`` reflects
                 it up to ``gt_size`` (bottom and right), ``'skip'`` drops it when the dataset is
                 built. Default: ``'pad'``.
+            hold_out (dict | None): ``{share: s, keep: rest | held}``: split the pairs by their clean
+                image, a share ``s`` held out (chosen by a hash of the clean image's name: the same split
+                on every machine and in any order; all rainy versions of one clean image fall on the
+                same side), and keep the ``rest`` (to train on) or the ``held`` ones (to validate on, e.g.
+                for ``PlateauLR``, without touching the test set). Default: None (every pair).
             scale (int): Must be 1 if given (BasicSR adds it). Default: 1.
 
     Raises:
@@ -178,6 +186,8 @@ class DerainPairedDataset(data.Dataset):
         self._warned: set[str] = set()
         self._lmdb_sizes: dict[str, dict[str, tuple[int, int]]] = {}
         self.pairs = self._build_pairs()
+        if self.hold_out is not None:
+            self.pairs = self._split(self.pairs)
         if self.use_crop and self.small_images == "skip":
             self._skip_small_pairs()
 
@@ -221,6 +231,20 @@ class DerainPairedDataset(data.Dataset):
         self.small_images = opt.get("small_images", "pad")
         if self.small_images not in _SMALL_IMAGES:
             raise _option_error("small_images", self.small_images, f"expected one of {_SMALL_IMAGES}")
+        self.hold_out: Mapping[str, Any] | None = opt.get("hold_out")
+        if self.hold_out is not None:
+            share = self.hold_out.get("share") if isinstance(self.hold_out, Mapping) else None
+            if (
+                not isinstance(self.hold_out, Mapping)
+                or set(self.hold_out) != {"share", "keep"}
+                or isinstance(share, bool)
+                or not isinstance(share, int | float)
+                or not 0 < share < 1
+                or self.hold_out.get("keep") not in _HOLD_OUT_PARTS
+            ):
+                raise _option_error(
+                    "hold_out", self.hold_out, "expected {share: a number in (0, 1), keep: rest or held}"
+                )
 
     def _check_roots(self, backend: Mapping[str, Any]) -> None:
         opt = self.opt
@@ -324,6 +348,23 @@ class DerainPairedDataset(data.Dataset):
                 if key not in self._lmdb_sizes[side]:
                     raise ValueError(f"{pair_list}: key {key!r} is not in {root}/meta_info.txt")
         return pairs
+
+    def _split(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs :attr:`hold_out` keeps (see the class docstring)."""
+        share, keep = float(self.hold_out["share"]), self.hold_out["keep"]
+
+        def held(gt: str) -> bool:
+            name = gt if self.lmdb else os.path.relpath(gt, self.gt_root)
+            digest = hashlib.sha256(name.replace(os.sep, "/").encode("utf-8")).hexdigest()
+            return int(digest[:12], 16) / 16**12 < share
+
+        kept = [(lq, gt) for lq, gt in pairs if held(gt) == (keep == "held")]
+        if not kept:
+            raise ValueError(
+                f"DerainPairedDataset option 'hold_out' = {dict(self.hold_out)}: no pair of {len(pairs)} is "
+                f"{'held out' if keep == 'held' else 'left'}; choose another share"
+            )
+        return kept
 
     def _skip_small_pairs(self) -> None:
         size = self.gt_size

@@ -348,3 +348,36 @@ def test_lmdb_pair_list_key_not_in_meta_info(many_to_one_lmdb):
     opt = {"dataroot_lq": data["lq"], "dataroot_gt": data["gt"], "phase": "val", "pair_list": str(pair_list)}
     with pytest.raises(ValueError, match=r"key 'nope' is not in .*gt\.lmdb/meta_info\.txt"):
         DerainPairedDataset(opt)
+
+
+def test_hold_out_splits_by_clean_image_the_same_way_everywhere(tmp_path):
+    # 40 clean images, 3 rainy versions each (a pair list, as for DDN's 14 per clean image).
+    pairs = []
+    for i in range(40):
+        _write(tmp_path / "clean" / f"c{i}.png", _image(i, 8, 8))
+        for k in range(3):
+            _write(tmp_path / "rainy" / f"r{i}_{k}.png", _image(100 + 3 * i + k, 8, 8))
+            pairs.append((f"r{i}_{k}.png", f"c{i}.png"))
+    write_pair_list(tmp_path / "pairs.txt", pairs)
+    write_pair_list(tmp_path / "reversed.txt", pairs[::-1])
+    base = _opt(tmp_path / "rainy", tmp_path / "clean", pair_list=str(tmp_path / "pairs.txt"))
+
+    def split(keep: str, pair_list: str = "pairs.txt") -> set[tuple[str, str]]:
+        dataset = DerainPairedDataset(
+            {**base, "pair_list": str(tmp_path / pair_list), "hold_out": {"share": 0.2, "keep": keep}}
+        )
+        return {(os.path.basename(lq), os.path.basename(gt)) for lq, gt in dataset.pairs}
+
+    held, rest = split("held"), split("rest")
+    assert held.isdisjoint(rest) and len(held | rest) == 120
+    assert {gt for _, gt in held}.isdisjoint({gt for _, gt in rest})  # no clean image on both sides
+    assert 0 < len(held) < 60  # about a fifth
+    assert split("held", "reversed.txt") == held  # the order of the pairs does not matter
+
+    for bad in ({"share": 0}, {"share": 1.5, "keep": "held"}, {"share": 0.1, "keep": "test"}, "10%"):
+        with pytest.raises(
+            ValueError, match="'hold_out'.*expected {share: a number in \\(0, 1\\), keep: rest or held}"
+        ):
+            DerainPairedDataset({**base, "hold_out": bad})
+    with pytest.raises(ValueError, match="no pair of 120 is held out; choose another share"):
+        DerainPairedDataset({**base, "hold_out": {"share": 1e-9, "keep": "held"}})

@@ -47,5 +47,9 @@ def test_rain100h_follows_the_paper() -> None:
         False,
         False,
     )
-    assert opt["train"]["optim_g"]["lr"] == 4e-4 and opt["train"]["scheduler"]["gamma"] == 0.1
+    scheduler = opt["train"]["scheduler"]
+    assert opt["train"]["optim_g"]["lr"] == 4e-4 and (scheduler["type"], scheduler["factor"]) == ("PlateauLR", 0.1)
+    # the plateaus are found on training pairs held out from training, never on the test folder
+    assert train["hold_out"] == {"share": 0.05, "keep": "rest"}
+    assert opt["datasets"]["val"]["hold_out"] == {"share": 0.05, "keep": "held"}
     assert opt["network_g"]["num_down"] == 3
