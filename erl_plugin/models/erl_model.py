@@ -236,7 +236,9 @@ class ERLModel(DerainModel):
         self.schedulers = [build_scheduler(self.optimizer_g, scheduler_opt, f"stage {stage.name!r}")]
         self.stage_index = index
         if "feature" in stage.losses and not resuming and not any("feature" in s.losses for s in self.stages[:index]):
-            self._report_headroom()
+            headroom = self._report_headroom()
+            if self.opt["train"].get("balance_feature_loss", False):
+                self._set_feature_weight(headroom.balanced_lambda if headroom is not None else None)
         get_root_logger().info(
             f"Stage {index + 1}/{len(self.stages)} {stage.name!r}, iterations {stage.first}-{stage.last}: "
             f"training {', '.join(stage.train)} ({sum(p.numel() for p in trainable):,} parameters) "
@@ -268,6 +270,22 @@ class ERLModel(DerainModel):
             with open(os.path.join(root, "headroom.json"), "w", encoding="utf-8") as handle:
                 json.dump(headroom.as_dict(), handle, indent=1)
         return headroom
+
+    def _set_feature_weight(self, measured: float | None) -> None:
+        """``train.balance_feature_loss``: λ_fre becomes the weight at which the feature loss's gradient on the
+        residual encoder equals the pixel loss's, as rank 0 measured it (every rank takes rank 0's)."""
+        value = torch.tensor([measured if measured is not None else float("nan")], dtype=torch.float64)
+        if self.opt["dist"]:
+            value = value.to(self.device)
+            torch.distributed.broadcast(value, 0)
+        weight = float(value.item())
+        if not weight > 0:  # nan: no validation image to measure on; 0: no gradient
+            raise ValueError(f"train.balance_feature_loss: the gradients could not be measured (λ_fre {weight})")
+        get_root_logger().info(
+            f"train.balance_feature_loss: λ_fre {self.cri_feat.loss_weight:g} -> {weight:.4g} (equal pixel and feature "
+            "gradients on the residual encoder)"
+        )
+        self.cri_feat.loss_weight = weight
 
     @master_only
     def _save_stage_end(self, stage: Stage) -> None:
@@ -360,8 +378,14 @@ class ERLModel(DerainModel):
         self.after_save(epoch, current_iter)
 
     def training_state_extras(self) -> dict[str, Any]:
-        """DerainModel's extras plus the stage plan and the active stage."""
-        return {**super().training_state_extras(), "stage": self.stage_index, "stages": _stage_plan(self.stages)}
+        """DerainModel's extras plus the stage plan, the active stage and λ_fre (which a balance may have set)."""
+        feature = {"feature_weight": self.cri_feat.loss_weight} if self.cri_feat is not None else {}
+        return {
+            **super().training_state_extras(),
+            "stage": self.stage_index,
+            "stages": _stage_plan(self.stages),
+            **feature,
+        }
 
     @staticmethod
     def check_resume_state(opt: dict[str, Any], state: dict[str, Any], path: str) -> None:
@@ -398,6 +422,8 @@ class ERLModel(DerainModel):
             ema_path = os.path.join(models, f"net_g_{resume_state['iter']}.pth")
             self.load_network(self.net_g_ema, ema_path, True, "params_ema")
         self._enter_stage(resume_state["stage"], resuming=True)
+        if self.cri_feat is not None and "feature_weight" in resume_state:
+            self.cri_feat.loss_weight = float(resume_state["feature_weight"])
         super().resume_training(resume_state)
 
 

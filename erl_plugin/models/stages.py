@@ -150,6 +150,11 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
     teacher_init = train_opt.get("teacher_init", "random")
     if teacher_init not in TEACHER_INITS:
         raise StageError(f"train.teacher_init: {teacher_init!r} is not allowed; allowed: {', '.join(TEACHER_INITS)}")
+    balance = train_opt.get("balance_feature_loss", False)
+    if not isinstance(balance, bool):
+        raise StageError(f"train.balance_feature_loss: {balance!r} must be true or false")
+    if balance and not any(str(phase).startswith("val") for phase in opt.get("datasets") or {}):
+        raise StageError("train.balance_feature_loss: true measures the gradients on datasets.val, which is missing")
     pretrained_teacher = bool((opt.get("path") or {}).get("pretrain_network_t"))
     teacher_branch = "teacher" if mode == "independent" else "teacher_encoder"
     if ("strategy" in train_opt) == ("stages" in train_opt):

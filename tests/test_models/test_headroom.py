@@ -3,6 +3,7 @@ teacher's embeddings."""
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,33 @@ def test_the_feature_stage_logs_its_headroom(tmp_path: Path, tiny_lmdb: dict[str
         tmp_path,
     )  # fmt: skip
     assert missing.returncode == 2 and "nothing.pth" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_balanced_lambda_equalises_gradients_and_survives_resume(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    opt = erl_options(tiny_lmdb, "balanced", [1, 2, 2, 1])  # stage2 is iterations 4-5
+    opt["train"]["balance_feature_loss"] = True
+    opt_file = write_options(tmp_path, opt)
+    result = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "experiments/balanced"
+    balanced = json.loads((experiment / "headroom.json").read_text())["balanced_lambda"]
+    assert result.stderr.count(f"train.balance_feature_loss: λ_fre 0.01 -> {balanced:.4g}") == 1
+    state = torch.load(experiment / "training_states/4.state", weights_only=False)
+    assert state["feature_weight"] == pytest.approx(balanced)
+
+    # Resumed inside stage2: no new measurement, the same λ_fre, the same weights at the end.
+    copy_dir = tmp_path / "experiments/balanced_again"
+    shutil.copytree(experiment, copy_dir)
+    for path in [*copy_dir.glob("training_states/[5-9].state"), *copy_dir.glob("models/*_[5-9].pth")]:
+        path.unlink()
+    for name in ("net_g_latest.pth", "net_t_latest.pth", "net_g_stage2.pth"):
+        (copy_dir / "models" / name).unlink(missing_ok=True)
+    resumed = run_python(
+        ["-m", "erl_plugin.train", "-opt", str(opt_file), "--auto_resume", "--set", "name=balanced_again"], tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "iter: 4." in resumed.stderr and "train.balance_feature_loss: λ_fre" not in resumed.stderr
+    final = torch.load(experiment / "models/net_g_latest.pth", weights_only=True)["params"]
+    again = torch.load(copy_dir / "models/net_g_latest.pth", weights_only=True)["params"]
+    assert all(torch.equal(again[k], final[k]) for k in final)
