@@ -758,7 +758,7 @@ def plot_validation(study: Study, out: Path, path: Path) -> None:
     trained = [name for name in study.runs if study.runs[name].trained and name in results]
     columns = min(3, max(1, len(trained)))
     rows = math.ceil(len(trained) / columns) or 1
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False, sharey=True)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     for axis, name in zip(axes.flat, trained, strict=False):
         stages: dict[str, int] = {}
         for seed, result in sorted(results[name].items()):
