@@ -6,6 +6,7 @@ its last checkpoint. See erl_plugin/evaluation/study.py for the study file.
 Examples:
     python tools/study.py options/study/fidelity.yml --jobs 2
     python tools/study.py options/study/fidelity.yml --report-only
+    python tools/study.py options/study/converged.yml --park   # a stopped study: keep unfinished runs for later
     python tools/study.py options/study/fidelity.yml --data Rain100H=datasets/Rain100H
 """
 
@@ -19,10 +20,12 @@ from erl_plugin.evaluation.study import (
     claim_folder,
     headline,
     load_study,
+    park,
     run_study,
     short_of_gain,
     write_report,
 )
+from erl_plugin.utils.outputs import output_lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     parser.add_argument(
+        "--park",
+        action="store_true",
+        help="copy each unfinished run's newest checkpoint into <out>/parked/ (the study must be stopped): a later "
+        "sitting without experiments/ resumes from there",
+    )
+    parser.add_argument(
         "--iters-scale",
         type=float,
         help=f"replace the study's iters_scale (default: ${ITERS_SCALE_ENV}; a study folder keeps one scale)",
@@ -53,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.study, args.data, requested_iters_scale(args.iters_scale)[0])
         out = Path(args.out or Path("studies") / study.name)
+        if args.park:
+            with output_lock(out):
+                parked = park(study, out)
+            print(
+                "\n".join(f"parked {name}" for name in parked) or "nothing to park: no unfinished run has a checkpoint"
+            )
+            return 0
         if args.report_only:
             claim_folder(study, out, record=False)
         else:

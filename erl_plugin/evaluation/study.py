@@ -20,6 +20,11 @@ A study file (YAML) names the runs and how to compare them::
         options: options/study/memd.yml
         equal_time: {to: erl, rate_from: memd_equal_iters}   # iterations = erl's CPU s / memd's CPU s per iter
 
+A trained run may start from another run's network (``start_from: {network_g: <run>, network_t: <run>}``,
+same seed): every finished run's network is kept in ``<out>/checkpoints/``, and ``tools/study.py --park``
+keeps each unfinished run's newest checkpoint in ``<out>/parked/``, so a study goes on in a later sitting
+without the ``experiments/`` folders. ``score: false`` trains and keeps a run without scoring it (a teacher).
+
 Every trained run is a real ``python -m erl_plugin.train ... --auto_resume`` process (one thread per run
 by default, ``jobs`` at a time), named ``study_<study>_<run>_s<seed>`` under ``experiments/``. When it
 ends, its final network is scored image by image on the selection set and on every test set
@@ -37,6 +42,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +63,7 @@ from erl_plugin.engine.options import (
     load_yaml,
     scale_iterations,
 )
-from erl_plugin.utils.checkpoint import atomic_write_bytes, atomic_write_text
+from erl_plugin.utils.checkpoint import atomic_write_bytes, atomic_write_text, checkpoint_iterations
 from erl_plugin.utils.outputs import check_not_input, output_lock
 
 PROTOCOL = "basicsr"
@@ -313,6 +319,7 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
     log_file = out / "logs" / f"{run.name}_s{seed}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "erl_plugin.train", "-opt", str(options_file), "--auto_resume"]
+    unpark(out, opt["name"])
     started = time.time()
     with open(log_file, "a", encoding="utf-8") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -342,6 +349,48 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
         "validation": read_validation(experiment / "validation.jsonl"),
         "headroom": json.loads(headroom.read_text()) if (headroom := experiment / "headroom.json").is_file() else None,
     }
+
+
+def parked_path(out: Path, experiment_name: str) -> Path:
+    """Where :func:`park` keeps an unfinished run's newest checkpoint between sittings."""
+    return out / "parked" / experiment_name
+
+
+def park(study: Study, out: Path) -> list[str]:
+    """Copy every unfinished run's newest checkpoint (training state, the networks it names, the validation
+    history) into ``<out>/parked/``, so that a later sitting without ``experiments/`` resumes it there.
+
+    Returns:
+        The experiments parked.
+    """
+    parked = []
+    for name, seed in pending_jobs(study, out):
+        folder = experiment_name(study, name, seed)
+        experiment = Path("experiments") / folder
+        newest = checkpoint_iterations(str(experiment / "training_states"))
+        if not study.runs[name].trained or not newest:
+            continue
+        state = experiment / "training_states" / f"{newest[0]}.state"
+        files = [state, *(p for p in (experiment / "models").glob(f"*_{newest[0]}.pth"))]
+        files += [p for p in (experiment / "validation.jsonl", experiment / "study_attempts.json") if p.is_file()]
+        target = parked_path(out, folder)
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in files:
+            copy = staging / path.relative_to(experiment)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, copy)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        parked.append(f"{folder} (iteration {newest[0]})")
+    return parked
+
+
+def unpark(out: Path, experiment_name: str) -> None:
+    """Put a parked checkpoint back as the experiment folder when that folder is missing (a new sitting)."""
+    source, experiment = parked_path(out, experiment_name), Path("experiments") / experiment_name
+    if source.is_dir() and not experiment.exists():
+        shutil.copytree(source, experiment)
 
 
 def training_loop_seconds(experiment: Path, since: float) -> float:
@@ -412,6 +461,8 @@ def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
     record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
     record["scores"] = score_sets(study, record["options_file"], checkpoint) if run.score else {}
     _write_json(result_path(out, run.name, seed), record)
+    if run.trained:
+        shutil.rmtree(parked_path(out, Path(record["experiment"]).name), ignore_errors=True)
 
 
 def pending_jobs(study: Study, out: Path) -> list[tuple[str, int]]:

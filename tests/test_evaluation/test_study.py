@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import REPO, run_python
 
@@ -226,3 +227,45 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
         for name, mtime in kept.items()
         if name not in ("memd_time_s0.json", "memd_on_s0.json")
     )
+
+
+def test_an_unfinished_run_parked_resumes_in_a_later_sitting_to_the_same_weights(tmp_path: Path):
+    splits = tmp_path / "datasets/rain_generalization"
+    synthesize_generalization_splits(
+        splits, val_per_photo=1, val_size=32, test_variants=1, test_max_side=64, progress=False
+    )
+    tiny = {"network_g.num_feat": 4, "network_g.num_dense_layers": 1, "network_g.growth_rate": 4}
+    study = {
+        "name": "parking",
+        "seeds": [0],
+        "baseline": "memd",
+        "iters_scale": 0.006,  # 6 iterations, a checkpoint every 2 (keep_last is not set: all kept)
+        "selection_set": {"name": "val", "layout": "rain100h", "dataroot": str(splits / "val")},
+        "runs": {"memd": {"options": str(REPO / "options/study/memd.yml"), "set": tiny}},
+    }
+    (tmp_path / "study.yml").write_text(yaml.safe_dump(study, sort_keys=False))
+    env = {"OMP_NUM_THREADS": "1"}
+    assert run_python([STUDY, "study.yml"], tmp_path, env, timeout=600).returncode == 0
+    experiment = tmp_path / "experiments/study_parking_memd_s0_x0.006"
+    uninterrupted = torch.load(experiment / "models/net_g_latest.pth", weights_only=True)["params"]
+
+    # As if the sitting had ended after iteration 4: no result, nothing newer than 4.
+    out = tmp_path / "studies/parking"
+    (out / "runs/memd_s0.json").unlink()
+    for path in [*experiment.glob("training_states/6.state"), *experiment.glob("models/*_6.pth")]:
+        path.unlink()
+    (experiment / "models/net_g_latest.pth").unlink()
+    parked = run_python([STUDY, "study.yml", "--park"], tmp_path)
+    assert parked.returncode == 0 and "parked study_parking_memd_s0_x0.006 (iteration 4)" in parked.stdout
+    kept = out / "parked/study_parking_memd_s0_x0.006"
+    assert sorted(p.name for p in kept.rglob("*") if p.is_file()) == [
+        "4.state", "net_g_4.pth", "study_attempts.json", "validation.jsonl"
+    ]  # fmt: skip
+
+    shutil.rmtree(tmp_path / "experiments")  # the next sitting's checkout has no experiments/
+    again = run_python([STUDY, "study.yml"], tmp_path, env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = torch.load(experiment / "models/net_g_latest.pth", weights_only=True)["params"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert "Resuming training from epoch: 0, iter: 4." in (out / "logs/memd_s0.log").read_text()
+    assert not kept.exists()  # the finished run's network is in checkpoints/ now
