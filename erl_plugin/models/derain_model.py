@@ -98,7 +98,8 @@ class DerainModel(SRModel):
 
     def update_learning_rate(self, current_iter: int, warmup_iter: int = -1) -> None:
         """BasicSR's update; a run resumed after its plateau stop ends here, before training more."""
-        self.__dict__.setdefault("_started", time.time())
+        if not hasattr(self, "_started"):
+            self._started = time.time()
         stopped = self.plateau_stop()
         if stopped is not None:
             self._end_training(f"the run had stopped: {stopped}")
@@ -153,7 +154,7 @@ class DerainModel(SRModel):
         A run resumed from an earlier state trains the same batches to the same stop.
         """
         self.save(-1, -1)
-        consumed = datetime.timedelta(seconds=int(time.time() - self.__dict__.get("_started", time.time())))
+        consumed = datetime.timedelta(seconds=int(time.time() - getattr(self, "_started", time.time())))
         get_root_logger().info(f"End of training ({reason}). Time consumed: {consumed}")
         raise PlateauReached(reason)
 

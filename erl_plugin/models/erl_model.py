@@ -45,7 +45,7 @@ from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.stages import Stage, parse_stages
-from erl_plugin.utils.checkpoint import atomic_save
+from erl_plugin.utils.checkpoint import atomic_save, atomic_write_text
 from erl_plugin.utils.resume import ResumeError
 from erl_plugin.utils.speed import autocast
 
@@ -267,8 +267,7 @@ class ERLModel(DerainModel):
         logger.info(headroom.report())
         root = self.opt["path"].get("experiments_root")
         if root:
-            with open(os.path.join(root, "headroom.json"), "w", encoding="utf-8") as handle:
-                json.dump(headroom.as_dict(), handle, indent=1)
+            atomic_write_text(os.path.join(root, "headroom.json"), json.dumps(headroom.as_dict(), indent=1) + "\n")
         return headroom
 
     def _set_feature_weight(self, measured: float | None) -> None:
@@ -350,18 +349,17 @@ class ERLModel(DerainModel):
     def test(self) -> None:
         """Derain ``self.lq`` as the active stage does (all of ERL-Net when testing); during a teacher
         stage, validation scores the teacher instead: the clean image in, the clean image out."""
-        entangled = self.stage is None or self.stage.entangled
         net: nn.Module = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
-        source = self.lq
+        source, options = self.lq, {"entangled": self.stage is None or self.stage.entangled}
         if self.stage is not None and self.stage.trains_teacher and hasattr(self, "gt"):
             bare_t = self.get_bare_model(self.net_t)
             aligned = "teacher_encoder" in self.stage.train
             net = AlignedTeacher(bare_t, self.get_bare_model(self.net_g).backbone) if aligned else bare_t
-            source, entangled = self.gt, None
+            source, options = self.gt, {}
         was_training = net.training
         net.eval()
         with torch.no_grad(), autocast(self.device, self.test_dtype):
-            self.output = (net(source) if entangled is None else net(source, entangled=entangled)).float()
+            self.output = net(source, **options).float()
         net.train(was_training)
 
     # -------------------------------------------------------------------------- save and resume
