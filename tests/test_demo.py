@@ -26,7 +26,9 @@ def test_demo_study_end_to_end(tmp_path: Path) -> None:
     result = run_python([*command, "--min-gain-db", "-100"], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = re.search(
-        r"ERL-Net \(MA_B \+ MLGD\) - MEMD, iterations of stages I-II: ([-+]\d+\.\d\d) dB PSNR", result.stdout
+        r"ERL-Net \(MA_B \+ MLGD, aligned teacher\) - MEMD, iterations of stages I-II: ([-+]\d+\.\d\d) dB PSNR",
+        result.stdout,
     )
     assert line and "on test (basicsr protocol, 1 seed(s))" in result.stdout
     assert "| rainy input |" in result.stdout and (tmp_path / "studies/demo/validation.png").is_file()
+    assert "## Headroom when the feature loss starts" in result.stdout  # the premise, measured and reported
