@@ -52,10 +52,14 @@ from erl_plugin.utils.speed import autocast
 
 def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A stage's optimizer and scheduler options: ``train.optim_g`` and ``train.scheduler`` with the
-    stage's overrides on top (copies; the whole run's for ``stage`` None)."""
+    stage's overrides on top (copies; the whole run's for ``stage`` None). A stage scheduler of another
+    ``type`` than the run's replaces it: the run's arguments belong to its own type."""
     optim_overrides, scheduler_overrides = (stage.optim_g, stage.scheduler) if stage is not None else ({}, {})
     optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
-    scheduler_opt = {**copy.deepcopy(train.get("scheduler") or {}), **copy.deepcopy(dict(scheduler_overrides))}
+    base_scheduler = dict(train.get("scheduler") or {})
+    if scheduler_overrides.get("type", base_scheduler.get("type")) != base_scheduler.get("type"):
+        base_scheduler = {}
+    scheduler_opt = {**copy.deepcopy(base_scheduler), **copy.deepcopy(dict(scheduler_overrides))}
     return optim_opt, scheduler_opt
 
 

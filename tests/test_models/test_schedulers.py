@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_python, tiny_options, write_options
-from test_erl_training import lr_by_iter
+from test_erl_training import erl_options, lr_by_iter
 
 from erl_plugin.engine.options import scale_iterations
 from erl_plugin.models.erl_model import check_optimizers
@@ -139,3 +139,23 @@ def test_patience_and_explicit_stages_scale_with_the_run() -> None:
     scaled = scale_iterations(opt, 0.5)["train"]
     assert scaled["scheduler"]["patience"] == 200 and scaled["stages"][0]["scheduler"]["patience"] == 50
     assert [s["iters"] for s in scaled["stages"]] == [150, 350] and scaled["total_iter"] == 500
+
+
+@pytest.mark.slow
+def test_a_stage_of_erl_net_follows_its_own_plateau_and_only_the_last_may_stop(
+    tmp_path: Path, tiny_lmdb: dict[str, str]
+) -> None:
+    opt = erl_options(tiny_lmdb, "staged", [1, 2, 2, 6])  # stage3: iterations 6-11
+    plateau = {"type": "PlateauLR", "metric": "psnr", "patience": 1, "min_gain": 100, "max_reductions": 1}
+    opt["train"]["stage_options"]["stage3"] = {"scheduler": {**plateau, "stop": True}}
+    opt["val"]["val_freq"] = 1
+    result = run_python(["-m", "erl_plugin.train", "-opt", str(write_options(tmp_path, opt))], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "experiments/staged/validation.jsonl").read_text().splitlines()]
+    events = [(r["iter"], r["stage"], r["event"].split(":")[0]) for r in records if "event" in r]
+    assert events == [(7, "stage3", "learning rate 0.001 -> 0.0001"), (8, "stage3", "plateau reached at iteration 8")]
+    assert "training ended: plateau reached at iteration 8" in result.stderr
+
+    opt["train"]["stage_options"]["stage2"] = {"scheduler": {**plateau, "stop": True}}
+    with pytest.raises(ValueError, match="stage 'stage2': scheduler.stop: a plateau stop ends the whole run"):
+        check_optimizers(opt)
