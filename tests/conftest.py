@@ -227,6 +227,18 @@ def tiny_options(data: dict[str, str], name: str = "tiny", total_iter: int = 2) 
     }
 
 
+def plateau_options(data: dict[str, str], name: str, save_every: int) -> dict:
+    """DerainModel on tiny_lmdb with a PlateauLR that never sees progress: /10 at 4 and 6, stop at 8."""
+    opt = tiny_options(data, name=name, total_iter=40)
+    opt["model_type"] = "DerainModel"
+    opt["train"]["scheduler"] = {
+        "type": "PlateauLR", "metric": "psnr", "patience": 2, "min_gain": 100, "max_reductions": 2, "stop": True,
+    }  # fmt: skip
+    opt["val"]["val_freq"] = 2
+    opt["logger"].update(save_checkpoint_freq=save_every, print_freq=1)
+    return opt
+
+
 def read_lmdb_images(lmdb_path: str | Path) -> dict[str, np.ndarray]:
     """Every key of an image LMDB, decoded (opened and closed here, not through the shared cache)."""
     env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False)

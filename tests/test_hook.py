@@ -13,9 +13,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python, tiny_options, write_options
+from conftest import REPO, plateau_options, run_python, tiny_options, write_options
 
 import erl_plugin_hook
+from erl_plugin.engine.compat import DISABLE_ENV
 
 STARTUP = "import sys; print('torch' in sys.modules, any(type(f).__name__ == 'BasicsrFinder' for f in sys.meta_path))"
 BASICSR_TRAIN = Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py"
@@ -164,3 +165,19 @@ def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: d
         cwd=tmp_path,
     )
     assert where.stdout.startswith(str(site))
+
+
+@pytest.mark.slow
+def test_basicsr_train_py_ends_at_a_plateau_stop_as_erl_train_does(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    checkout = tmp_path / "BasicSR"
+    (checkout / "basicsr").mkdir(parents=True)
+    shutil.copy(BASICSR_TRAIN, checkout / "basicsr" / "train.py")
+    opt_file = write_options(checkout, plateau_options(tiny_lmdb, "plateau", 4))
+    result = run_python(["basicsr/train.py", "-opt", str(opt_file)], checkout)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "train.py: training ended: plateau reached at iteration 8" in result.stderr
+    assert (checkout / "experiments/plateau/models/net_g_latest.pth").is_file()
+    # Without the patch, BasicSR's script ends in the exception's traceback, exit 1.
+    opt_file = write_options(checkout, plateau_options(tiny_lmdb, "unpatched", 4))
+    unpatched = run_python(["basicsr/train.py", "-opt", str(opt_file)], checkout, {DISABLE_ENV: "plateau_stop"})
+    assert unpatched.returncode == 1 and "PlateauReached: plateau reached at iteration 8" in unpatched.stderr

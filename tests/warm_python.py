@@ -62,7 +62,6 @@ def needs_cold_start(args: list[str], env: dict[str, str], base: dict[str, str])
 def _run_child(request: dict, streams: list[int]) -> None:
     """In the forked child: become ``python ARGV`` in the request's directory, environment and streams."""
     import runpy
-    import traceback
 
     os.setpgid(0, 0)  # a group of its own, so that a timeout stops what it spawned too
     os.chdir(request["cwd"])
@@ -110,8 +109,8 @@ def _run_child(request: dict, streams: list[int]) -> None:
         else:
             print(stop.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 (what python prints for an uncaught exception)
-        traceback.print_exc()
+    except BaseException:  # noqa: BLE001 (what python does with an uncaught exception: its excepthook)
+        sys.excepthook(*sys.exc_info())
         code = 1
     try:
         import atexit

@@ -44,6 +44,9 @@ installed_root            ``basicsr/train.py`` and ``test.py`` put ``experiments
                           and ``tb_logger/`` two folders above themselves: inside site-packages
                           when basicsr is installed. Here: under ``$ERL_PLUGIN_ROOT``, else the
                           current directory, as ``erl-train`` does.
+plateau_stop              ``basicsr/train.py`` has no place to catch the stop of ``PlateauLR``
+                          (an exception out of its loop): it would end in a traceback, exit 1.
+                          Here: one line and exit 0, as ``erl-train``.
 ========================  =====================================================================
 
 The functional_tensor patch runs before anything of basicsr is imported; the others patch basicsr
@@ -52,6 +55,7 @@ exists to diagnose a patch and for the tests that show each patch is needed.
 """
 
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -122,6 +126,7 @@ _TRAIN_SCRIPT = os.path.join("basicsr", "train.py")
 _script_swaps: dict[str, Callable[..., Any]] = {}
 _refuse_force_yml = False
 _check_yaml = False
+_quiet_plateau_stop = False
 
 
 def _options_file(argv: list[str]) -> str | None:
@@ -182,10 +187,32 @@ def _wrap_parse_options() -> None:
         opt, args = upstream(root_path, is_train)
         if caller.get("__name__") == "__main__":  # BasicSR's script; erl-train has scaled its options already
             opt = _scaled_from_environment(opt)
+            if _quiet_plateau_stop:
+                _end_quietly_at_a_plateau()
         return opt, args
 
     parse_options.erl_plugin_wrapped = True
     options.parse_options = parse_options
+
+
+def _end_quietly_at_a_plateau() -> None:
+    """BasicSR's script has nowhere to catch the stop of ``PlateauLR`` (an exception out of its loop): end
+    it as ``erl-train`` does, with one line and exit status 0, once the latest networks are written."""
+    if getattr(sys.excepthook, "erl_plugin_plateau", False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        from erl_plugin.models.schedulers import PlateauReached  # noqa: PLC0415
+
+        if issubclass(kind, PlateauReached):
+            print(f"{os.path.basename(sys.argv[0])}: training ended: {value}", file=sys.stderr, flush=True)
+            logging.shutdown()
+            os._exit(0)  # the exception is past every frame: nothing of BasicSR's script is left to run
+        previous(kind, value, traceback)
+
+    excepthook.erl_plugin_plateau = True
+    sys.excepthook = excepthook
 
 
 def _scaled_from_environment(opt: dict) -> dict:
@@ -294,6 +321,12 @@ def _sharded_dist_validation() -> None:
     SRModel.dist_validation = dist_validation
 
 
+def _plateau_stop() -> None:
+    global _quiet_plateau_stop
+    _quiet_plateau_stop = True
+    _wrap_parse_options()
+
+
 def _no_force_yml() -> None:
     global _refuse_force_yml
     _refuse_force_yml = True
@@ -399,6 +432,7 @@ POST_IMPORT = (
     Patch("dist_validation", _always, _sharded_dist_validation),
     Patch("no_force_yml", _always, _no_force_yml),
     Patch("safe_yaml", _always, _safe_yaml),
+    Patch("plateau_stop", _always, _plateau_stop),
 )
 PATCH_NAMES = tuple(p.name for p in PRE_IMPORT + POST_IMPORT)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_python, tiny_options, write_options
+from conftest import plateau_options, run_python, write_options
 from test_erl_training import erl_options, lr_by_iter
 
 from erl_plugin.engine.options import scale_iterations
@@ -61,18 +61,6 @@ def test_without_stop_the_last_rate_continues() -> None:
 def test_bad_arguments_are_named(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         schedule(**arguments)
-
-
-def plateau_options(data: dict[str, str], name: str, save_every: int) -> dict:
-    """DerainModel on tiny_lmdb with a PlateauLR that never sees progress: /10 at 4 and 6, stop at 8."""
-    opt = tiny_options(data, name=name, total_iter=40)
-    opt["model_type"] = "DerainModel"
-    opt["train"]["scheduler"] = {
-        "type": "PlateauLR", "metric": "psnr", "patience": 2, "min_gain": 100, "max_reductions": 2, "stop": True,
-    }  # fmt: skip
-    opt["val"]["val_freq"] = 2
-    opt["logger"].update(save_checkpoint_freq=save_every, print_freq=1)
-    return opt
 
 
 @pytest.mark.slow
