@@ -290,7 +290,7 @@ def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[
         reference = json.loads(result_path(out, run.equal_time["rate_from"], seed).read_text())
         # CPU seconds of the training processes (one thread each): the cost on a machine of one's own,
         # unmoved by what else shares this one.
-        seconds_per_iter = reference["cpu_seconds"] / reference["iterations"]
+        seconds_per_iter = reference["cpu_seconds"] / trained_iterations(reference)
         base_iters = scale_iterations(opt, factor)["train"]["total_iter"]
         factor *= target["cpu_seconds"] / seconds_per_iter / base_iters
     opt = scale_iterations(opt, factor)
@@ -391,6 +391,12 @@ def unpark(out: Path, experiment_name: str) -> None:
     source, experiment = parked_path(out, experiment_name), Path("experiments") / experiment_name
     if source.is_dir() and not experiment.exists():
         shutil.copytree(source, experiment)
+
+
+def trained_iterations(record: Mapping[str, Any]) -> int:
+    """The iterations a finished run trained: ``train.total_iter``, or where a plateau stop ended it."""
+    stops = [r["iter"] for r in record.get("validation", []) if str(r.get("event", "")).startswith("plateau reached")]
+    return int(stops[-1]) if stops else int(record["iterations"])
 
 
 def training_loop_seconds(experiment: Path, since: float) -> float:
@@ -597,7 +603,7 @@ def summarize(
         summary["runs"][name] = {
             "label": study.runs[name].label,
             "seeds": sorted(runs),
-            "iterations": sorted({r.get("iterations") for r in runs.values() if r.get("iterations")}),
+            "iterations": sorted({trained_iterations(r) for r in runs.values() if r.get("iterations")}),
             "train_seconds_mean": float(np.mean(seconds)) if seconds else None,
             "cpu_seconds_mean": float(np.mean(cpu)) if cpu else None,
             "from_run": study.runs[name].from_run,
@@ -828,10 +834,11 @@ def plot_validation(study: Study, out: Path, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     for axis in axes[:, 0]:
-        axis.set_ylabel(f"val PSNR (dB, {PROTOCOL})")
+        axis.set_ylabel(f"PSNR (dB, {PROTOCOL})")
     for axis in list(axes.flat)[len(trained) :]:
         axis.axis("off")
-    figure.suptitle(f"study {study.name}: validation PSNR on {study.selection_set['name']}", fontsize=10)
+    sets = sorted({r["dataset"] for runs in results.values() for result in runs.values() for r in result["validation"]})
+    figure.suptitle(f"study {study.name}: PSNR during training on {', '.join(sets) or '-'}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

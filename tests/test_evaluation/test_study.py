@@ -21,6 +21,7 @@ from erl_plugin.evaluation.study import (
     result_path,
     short_of_gain,
     summarize,
+    trained_iterations,
 )
 
 STUDY = str(REPO / "tools/study.py")
@@ -269,3 +270,11 @@ def test_an_unfinished_run_parked_resumes_in_a_later_sitting_to_the_same_weights
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     assert "Resuming training from epoch: 0, iter: 4." in (out / "logs/memd_s0.log").read_text()
     assert not kept.exists()  # the finished run's network is in checkpoints/ now
+
+
+def test_a_run_stopped_at_its_plateau_counts_the_iterations_it_trained():
+    validation = [{"iter": 500}, {"iter": 1000, "event": "learning rate 0.001 -> 0.0001: ..."}]
+    record = {"iterations": 60000, "validation": validation}
+    assert trained_iterations(record) == 60000
+    validation.append({"iter": 1500, "event": "plateau reached at iteration 1500: ..."})
+    assert trained_iterations(record) == 1500
