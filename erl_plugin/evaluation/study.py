@@ -82,6 +82,7 @@ _STUDY_KEYS = {
     "runs",
     "threads",
     "jobs",
+    "contrasts",
 }
 _CONSUMED = re.compile(r"End of training(?: \(.*\))?\. Time consumed: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 
@@ -136,6 +137,8 @@ class Study:
     runs: Mapping[str, RunSpec]
     threads: int
     jobs: int
+    contrasts: tuple[tuple[str, str], ...] = ()
+    """Pairs ``(a, b)`` of runs whose paired difference a - b the report gives on every set, seed by seed."""
 
     @property
     def sets(self) -> tuple[Mapping[str, Any], ...]:
@@ -230,6 +233,12 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
             raise StudyError(f"{path}: {key} {raw[key]!r} is not a run; runs: {sorted(runs)}")
         if raw.get(key) is not None and not runs[raw[key]].score:
             raise StudyError(f"{path}: {key} {raw[key]!r} is not scored (score: false)")
+    contrasts = raw.get("contrasts") or []
+    if not isinstance(contrasts, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(name in runs and runs[name].score for name in pair)
+        for pair in contrasts
+    ):
+        raise StudyError(f"{path}: contrasts: {contrasts!r} must be a list of [run, run] pairs of scored runs")
     scale = raw.get("iters_scale", 1.0) if iters_scale is None else iters_scale
     if not isinstance(scale, int | float) or not scale > 0:
         raise StudyError(f"{path}: iters_scale {scale!r} must be a number > 0")
@@ -251,6 +260,7 @@ def load_study(path: str, extra_test_sets: Sequence[str] = (), iters_scale: floa
         runs=runs,
         threads=int(raw.get("threads", 1)),
         jobs=int(raw.get("jobs", 1)),
+        contrasts=tuple((str(a), str(b)) for a, b in contrasts),
     )
 
 
@@ -663,7 +673,32 @@ def summarize(
                 row["groups"][group] = entry
             rows[name] = row
         summary["sets"][data_name] = rows
+        summary.setdefault("contrasts", {})[data_name] = _contrasts(study, results, data_name, rng)
     return summary
+
+
+def _contrasts(
+    study: Study, results: Mapping[str, Mapping[int, Any]], data_name: str, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """The study's ``contrasts`` on one set: mean paired difference, its interval, and each seed's mean."""
+    found = []
+    for first, second in study.contrasts:
+        seeds = sorted(set(results.get(first, {})) & set(results.get(second, {})))
+        if not seeds:
+            continue
+        diff = _matrix(results[first], seeds, data_name, "psnr") - _matrix(results[second], seeds, data_name, "psnr")
+        low, high = bootstrap_interval(diff, rng)
+        found.append(
+            {
+                "runs": [first, second],
+                "seeds": seeds,
+                "delta": float(diff.mean()),
+                "low": low,
+                "high": high,
+                "per_seed": diff.mean(axis=1).tolist(),
+            }
+        )
+    return found
 
 
 def _pm(mean: float, std: float | None, digits: int = 2) -> str:
@@ -721,6 +756,23 @@ def format_report(
                 lines.append(
                     f"| {study.runs[name].label} | {len(row['seeds'])} | {_pm(entry['psnr_mean'], entry['psnr_std'])} "
                     f"| {_pm(entry['ssim_mean'], entry['ssim_std'], 4)} |{cells}"
+                )
+    contrasts = summary.get("contrasts", {})
+    if any(contrasts.values()):
+        lines += [
+            "",
+            "## Contrasts (paired PSNR difference, dB, 95% bootstrap interval over seeds and images; per seed)",
+            "",
+            "| set | difference | seeds | Δ PSNR [95% CI] | per seed |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for data_name, rows in contrasts.items():
+            for row in rows:
+                first, second = (study.runs[name].label for name in row["runs"])
+                per_seed = ", ".join(f"{v:+.2f}" for v in row["per_seed"])
+                lines.append(
+                    f"| `{data_name}` | {first} - {second} | {len(row['seeds'])} | {row['delta']:+.2f} "
+                    f"[{row['low']:+.2f}, {row['high']:+.2f}] | {per_seed} |"
                 )
     lines += [
         "",

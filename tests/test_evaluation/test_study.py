@@ -75,6 +75,7 @@ def test_the_shipped_study_file_parses():
         ({"runs": {"a": {"options": "OPT", "start_from": {"network_g": "b"}}}}, "depends on 'b', which is not"),
         ({"runs": {"a": {"options": "OPT", "score": "no"}}}, "runs.a.score: 'no' must be true or false"),
         ({"runs": {"a": {"options": "OPT", "score": False}}}, "baseline 'a' is not scored"),
+        ({"contrasts": [["a", "b"]]}, "contrasts: [['a', 'b']] must be a list of [run, run] pairs"),
     ],
 )
 def test_bad_study_files_are_refused_naming_the_key(tmp_path: Path, change: dict, message: str):
@@ -122,6 +123,7 @@ def test_summary_pairs_by_seed_and_image(tmp_path: Path):
         "baseline": "base",
         "selection_set": {"name": "val", "layout": "rain100h", "dataroot": "somewhere/val"},
         "runs": {"base": {"options": memd}, "better": {"options": memd}},
+        "contrasts": [["better", "base"]],
     }
     (tmp_path / "study.yml").write_text(yaml.safe_dump(raw))
     study = load_study(str(tmp_path / "study.yml"))
@@ -134,6 +136,8 @@ def test_summary_pairs_by_seed_and_image(tmp_path: Path):
     assert better["vs"]["base"]["delta"] == pytest.approx((0.5 + 0.5 - 0.1) / 3)
     assert better["vs"]["base"]["improved_share"] == pytest.approx(2 / 3)
     assert better["psnr_std"] == pytest.approx(np.std([66.9 / 3, 67.9 / 3], ddof=1))
+    (contrast,) = summary["contrasts"]["val"]
+    assert contrast["runs"] == ["better", "base"] and contrast["per_seed"] == pytest.approx([0.3, 0.3])
     assert short_of_gain(study, summary, 7.0) == []  # no test set: nothing to fall short on
     summary["rainy"]["test"] = {"all": {"psnr": 20.0, "ssim": 0.4}}
     summary["sets"]["test"] = summary["sets"]["val"]
@@ -142,6 +146,7 @@ def test_summary_pairs_by_seed_and_image(tmp_path: Path):
     report = format_report(study, summary, "test machine")
     assert "| better | 2 | 22.47 ± 0.24 |" in report and "+0.30 [" in report and "| 67% |" in report
     assert "protocol" in report.lower() and "| rainy input | - | 15.00 |" in report
+    assert "| `val` | better - base | 2 | +0.30 [" in report and "| +0.30, +0.30 |" in report
 
 
 @pytest.mark.slow
