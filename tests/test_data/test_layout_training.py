@@ -63,10 +63,16 @@ BENCHMARK_OPTIONS = sorted((REPO / "options").glob("erl_rain100h.yml")) + sorted
 @pytest.mark.parametrize("path", BENCHMARK_OPTIONS, ids=lambda p: p.name)
 def test_benchmark_options_build_their_datasets_on_fixtures(tmp_path: Path, path: Path) -> None:
     opt = load_options(str(path))
-    train, val = dict(opt["datasets"]["train"]), dict(opt["datasets"]["val"])
+    datasets = opt["datasets"]
+    train, held, test = dict(datasets["train"]), dict(datasets["val"]), dict(datasets["val_2"])
     # a fixture of the same layout function (rain200l reads like rain200h)
-    case = next(name for name, (layout, _) in sorted(BUILDERS.items()) if LAYOUTS[layout] is LAYOUTS[val["layout"]])
+    case = next(name for name, (layout, _) in sorted(BUILDERS.items()) if LAYOUTS[layout] is LAYOUTS[test["layout"]])
     _, src, dst = _convert(case, tmp_path)
-    train.update(_lmdb_options(dst), phase="train", gt_size=8)
-    val.update(dataroot=str(src), phase="val")
-    assert len(build_dataset(train)) == len(build_dataset(val)) > 0
+    test.update(dataroot=str(src), phase="val")
+    every = {**train, **_lmdb_options(dst), "phase": "train", "gt_size": 8}
+    every.pop("hold_out")
+    assert len(build_dataset(every)) == len(build_dataset(test)) > 0
+    # PlateauLR's set: the same training pairs, the held-out share (the split itself: test_derain_dataset.py)
+    assert train["hold_out"]["keep"] == "rest" and held["hold_out"] == {**train["hold_out"], "keep": "held"}
+    sources = ("layout", "dataroot", "dataroot_lq", "dataroot_gt", "pair_list", "io_backend")
+    assert {k: train.get(k) for k in sources} == {k: held.get(k) for k in sources}
