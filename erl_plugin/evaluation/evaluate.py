@@ -28,6 +28,7 @@ from erl_plugin.engine.options import OptionsError, import_custom_modules, load_
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.models.headroom import Headroom, measure_headroom
+from erl_plugin.models.validation import first_validation_phase
 from erl_plugin.utils.checkpoint import load_fitting, load_weights
 from erl_plugin.utils.outputs import check_not_input
 
@@ -290,10 +291,10 @@ def checkpoint_headroom(opt_path: str, network_g: str, teacher: str, data: str |
     if data is not None:
         section = dataset_section(data)
     else:
-        phases = [phase for phase in opt.get("datasets") or {} if phase.startswith("val")]
-        if not phases:
+        phase = first_validation_phase(opt)
+        if phase is None:
             raise OptionsError(f"{opt_path}: no datasets.val section; give the data to measure on")
-        section = {key: value for key, value in opt["datasets"][phases[0]].items() if key != "phase"}
+        section = {key: value for key, value in opt["datasets"][phase].items() if key != "phase"}
     dataset = test_pairs(section)
     pairs = ((item["lq"][None], item["gt"][None]) for item in (dataset[i] for i in range(len(dataset))))
     train = opt.get("train") or {}

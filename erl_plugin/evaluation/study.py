@@ -63,6 +63,7 @@ from erl_plugin.engine.options import (
     load_yaml,
     scale_iterations,
 )
+from erl_plugin.models.schedulers import STOP_EVENT
 from erl_plugin.utils.checkpoint import atomic_write_bytes, atomic_write_text, checkpoint_iterations
 from erl_plugin.utils.outputs import check_not_input, output_lock
 
@@ -405,7 +406,7 @@ def unpark(out: Path, experiment_name: str) -> None:
 
 def trained_iterations(record: Mapping[str, Any]) -> int:
     """The iterations a finished run trained: ``train.total_iter``, or where a plateau stop ended it."""
-    stops = [r["iter"] for r in record.get("validation", []) if str(r.get("event", "")).startswith("plateau reached")]
+    stops = [r["iter"] for r in record.get("validation", []) if str(r.get("event", "")).startswith(STOP_EVENT)]
     return int(stops[-1]) if stops else int(record["iterations"])
 
 
@@ -658,18 +659,7 @@ def summarize(
                     paired = sorted(set(seeds) & set(results.get(other, {})))
                     if other == name or not paired:
                         continue
-                    diff = (
-                        _matrix(runs, paired, data_name, "psnr")[:, keep]
-                        - _matrix(results[other], paired, data_name, "psnr")[:, keep]
-                    )
-                    low, high = bootstrap_interval(diff, rng)
-                    entry["vs"][other] = {
-                        "delta": float(diff.mean()),
-                        "low": low,
-                        "high": high,
-                        "seeds": paired,
-                        "improved_share": float((diff.mean(axis=0) > 0).mean()),
-                    }
+                    entry["vs"][other] = _paired(runs, results[other], paired, data_name, rng, keep)
                 row["groups"][group] = entry
             rows[name] = row
         summary["sets"][data_name] = rows
@@ -677,27 +667,39 @@ def summarize(
     return summary
 
 
+def _paired(
+    first: Mapping[int, Any],
+    second: Mapping[int, Any],
+    seeds: list[int],
+    data_name: str,
+    rng: np.random.Generator,
+    keep: list[int] | None = None,
+) -> dict[str, Any]:
+    """PSNR of ``first`` - ``second`` paired by seed and image (the images ``keep`` lists, default all): the mean,
+    its 95% bootstrap interval, each seed's mean and the share of images improved."""
+    diff = _matrix(first, seeds, data_name, "psnr") - _matrix(second, seeds, data_name, "psnr")
+    if keep is not None:
+        diff = diff[:, keep]
+    low, high = bootstrap_interval(diff, rng)
+    return {
+        "delta": float(diff.mean()),
+        "low": low,
+        "high": high,
+        "seeds": seeds,
+        "per_seed": diff.mean(axis=1).tolist(),
+        "improved_share": float((diff.mean(axis=0) > 0).mean()),
+    }
+
+
 def _contrasts(
     study: Study, results: Mapping[str, Mapping[int, Any]], data_name: str, rng: np.random.Generator
 ) -> list[dict[str, Any]]:
-    """The study's ``contrasts`` on one set: mean paired difference, its interval, and each seed's mean."""
+    """The study's ``contrasts`` on one set (:func:`_paired`, with the two runs' names)."""
     found = []
     for first, second in study.contrasts:
         seeds = sorted(set(results.get(first, {})) & set(results.get(second, {})))
-        if not seeds:
-            continue
-        diff = _matrix(results[first], seeds, data_name, "psnr") - _matrix(results[second], seeds, data_name, "psnr")
-        low, high = bootstrap_interval(diff, rng)
-        found.append(
-            {
-                "runs": [first, second],
-                "seeds": seeds,
-                "delta": float(diff.mean()),
-                "low": low,
-                "high": high,
-                "per_seed": diff.mean(axis=1).tolist(),
-            }
-        )
+        if seeds:
+            found.append({"runs": [first, second], **_paired(results[first], results[second], seeds, data_name, rng)})
     return found
 
 

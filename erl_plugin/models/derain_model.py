@@ -32,7 +32,8 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
 from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
-from erl_plugin.models.schedulers import PlateauLR, PlateauReached, build_scheduler
+from erl_plugin.models.schedulers import STOP_EVENT, PlateauLR, PlateauReached, build_scheduler
+from erl_plugin.models.validation import first_validation_phase
 from erl_plugin.utils.resume import write_training_state
 from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
 
@@ -115,13 +116,13 @@ class DerainModel(SRModel):
         schedule = self.plateau_schedule()
         if schedule is None or schedule.stopped_at is None:
             return None
-        return schedule.events[-1]["event"] if schedule.events else f"plateau reached at {schedule.stopped_at}"
+        return schedule.events[-1]["event"] if schedule.events else f"{STOP_EVENT} at {schedule.stopped_at}"
 
     @cached_property
     def plateau_dataset(self) -> str | None:
         """The validation set that drives ``PlateauLR``: the first ``datasets.val*``."""
-        phases = [phase for phase in self.opt.get("datasets") or {} if phase.startswith("val")]
-        return self.opt["datasets"][phases[0]].get("name") if phases else None
+        phase = first_validation_phase(self.opt)
+        return self.opt["datasets"][phase].get("name") if phase is not None else None
 
     def validation(self, dataloader: Any, current_iter: int, tb_logger: Any, save_img: bool = False) -> None:
         """BasicSR's validation, then the plateau schedule's turn and the ``validation.jsonl`` line."""

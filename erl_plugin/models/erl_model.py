@@ -45,6 +45,7 @@ from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.stages import Stage, parse_stages
+from erl_plugin.models.validation import first_validation_phase
 from erl_plugin.utils.checkpoint import atomic_save, atomic_write_text
 from erl_plugin.utils.resume import ResumeError
 from erl_plugin.utils.speed import autocast
@@ -254,20 +255,22 @@ class ERLModel(DerainModel):
         """Log the entanglement headroom (:mod:`erl_plugin.models.headroom`) on the first validation set
         (at most :data:`HEADROOM_IMAGES` images) and write it to ``<experiment>/headroom.json``."""
         bare_g, bare_t = self.get_bare_model(self.net_g), self.get_bare_model(self.net_t)
-        phases = [phase for phase in self.opt.get("datasets") or {} if phase.startswith("val")]
+        phase = first_validation_phase(self.opt)
         logger = get_root_logger()
-        if not phases or bare_g.hooked:
-            why = "no validation set" if not phases else "a backbone entangled through entangle_at has no decode call"
+        if phase is None or bare_g.hooked:
+            why = (
+                "no validation set" if phase is None else "a backbone entangled through entangle_at has no decode call"
+            )
             logger.info(f"Headroom not measured: {why}")
             return None
-        dataset = build_dataset(copy.deepcopy(self.opt["datasets"][phases[0]]))
+        dataset = build_dataset(copy.deepcopy(self.opt["datasets"][phase]))
         pairs = (
             (item["lq"][None].to(self.device), item["gt"][None].to(self.device))
             for item in itertools.islice((dataset[i] for i in range(len(dataset))), HEADROOM_IMAGES)
         )
         aligned = self.opt["train"].get("teacher_mode", "independent") == "aligned"
         losses = (self.cri_pix, self.cri_feat)
-        headroom = measure_headroom(bare_g, bare_t, pairs, aligned, dataset.opt.get("name", phases[0]), losses)
+        headroom = measure_headroom(bare_g, bare_t, pairs, aligned, dataset.opt.get("name", phase), losses)
         logger.info(headroom.report())
         root = self.opt["path"].get("experiments_root")
         if root:

@@ -26,6 +26,11 @@ from typing import Any
 import torch
 from basicsr.models import lr_scheduler
 
+from erl_plugin.models.validation import first_validation_phase
+
+STOP_EVENT = "plateau reached"
+"""How the event of a plateau stop begins (in the log, ``validation.jsonl`` and the training state)."""
+
 
 class PlateauReached(Exception):
     """Training ended by ``PlateauLR``'s stopping rule; the message says where (not an error)."""
@@ -100,7 +105,7 @@ class PlateauLR:
             event = f"learning rate {old:.3g} -> {old * self.factor:.3g}: {reason} in {waited} iterations"
         elif self.stop:
             self.stopped_at = current_iter
-            event = f"plateau reached at iteration {current_iter}: {reason} in {waited} iterations at the last rate"
+            event = f"{STOP_EVENT} at iteration {current_iter}: {reason} in {waited} iterations at the last rate"
         else:
             return None
         self.events.append({"iter": current_iter, "event": event})
@@ -151,7 +156,7 @@ def check_plateau_metric(opt: Mapping[str, Any], scheduler_opt: Mapping[str, Any
     val = opt.get("val") or {}
     metrics = val.get("metrics") or {}
     metric = scheduler_opt.get("metric", "psnr_basicsr")
-    if not any(str(phase).startswith("val") for phase in opt.get("datasets") or {}) or not val.get("val_freq"):
+    if first_validation_phase(opt) is None or not val.get("val_freq"):
         raise ValueError(f"{where}: scheduler PlateauLR follows validation: add datasets.val and val.val_freq")
     if metric not in metrics:
         known = ", ".join(metrics) or "none"

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from erl_plugin.models.validation import first_validation_phase
+
 GENERATOR_BRANCHES = ("main_encoder", "decoder", "residual_encoder")
 TEACHER_BRANCHES = ("teacher", "teacher_encoder")
 LOSSES = ("pixel", "feature")
@@ -153,7 +155,7 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
     balance = train_opt.get("balance_feature_loss", False)
     if not isinstance(balance, bool):
         raise StageError(f"train.balance_feature_loss: {balance!r} must be true or false")
-    if balance and not any(str(phase).startswith("val") for phase in opt.get("datasets") or {}):
+    if balance and first_validation_phase(opt) is None:
         raise StageError("train.balance_feature_loss: true measures the gradients on datasets.val, which is missing")
     pretrained_teacher = bool((opt.get("path") or {}).get("pretrain_network_t"))
     teacher_branch = "teacher" if mode == "independent" else "teacher_encoder"

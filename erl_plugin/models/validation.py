@@ -9,6 +9,7 @@ single process up to the order of a float sum.
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,6 +17,11 @@ import torch.distributed as dist
 from basicsr.metrics import calculate_metric
 from basicsr.utils import imwrite, tensor2img
 from torch.utils.data import DataLoader
+
+
+def first_validation_phase(opt: Mapping[str, Any]) -> str | None:
+    """The first ``datasets.val*`` phase: the set PlateauLR follows and the headroom is measured on (None: none)."""
+    return next((str(phase) for phase in opt.get("datasets") or {} if str(phase).startswith("val")), None)
 
 
 def sharded_validation(model: Any, dataloader: DataLoader, current_iter: int, tb_logger: Any, save_img: bool) -> None:
