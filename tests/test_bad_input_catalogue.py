@@ -9,7 +9,10 @@ creates one).
 
 import copy
 import hashlib
+import json
+import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +290,7 @@ TOOLS: dict[str, Callable[[World], Case]] = {
         _tool("create_lmdb.py", "pairs", "pairs/out", "--layout", "pairs"), "the input", absent=["pairs/out"]
     ),
     "create_lmdb over an existing folder": lambda w: Case(
-        _tool("create_lmdb.py", "pairs", "lmdb", "--layout", "pairs"), "(--overwrite) to replace it", absent=[]
+        _tool("create_lmdb.py", "pairs", "lmdb", "--layout", "pairs"), "pass --overwrite to replace it", absent=[]
     ),
     "create_lmdb of identical sides": lambda w: Case(
         _tool("create_lmdb.py", "pairs", "out", "--layout", "pairs", "--lq-dir", "target"),
@@ -389,8 +392,221 @@ def _leaderboard(w: World, checkpoint: str) -> Case:
     return Case(_tool("leaderboard.py", *args), "'psnr'", absent=["board"])
 
 
+# Entry: weights and images checked where they enter, before they can derain to black or train on NaN.
+def _poisoned_checkpoint(w: World, value: float = float("nan")) -> tuple[str, str]:
+    """The tiny MEMD's checkpoint with one non-finite weight: its path and the key of that tensor."""
+    torch.manual_seed(0)
+    params = MEMD(**TINY_NET).state_dict()
+    key = [name for name, tensor in params.items() if tensor.is_floating_point()][2]
+    params[key].view(-1)[0] = value
+    torch.save({"params": params}, w.root / "poisoned.pth")
+    return str(w.root / "poisoned.pth"), key
+
+
+def _poisoned_derain(w: World) -> Case:
+    checkpoint, key = _poisoned_checkpoint(w)
+    args = ["--opt", w.derain_options(), "--checkpoint", checkpoint, "--input", "pairs/input", "--output", "out"]
+    return Case(_tool("derain.py", *args), f"{checkpoint}: tensor params.{key} holds 1 NaN", absent=["out"])
+
+
+def _poisoned_evaluate(w: World) -> Case:
+    checkpoint, key = _poisoned_checkpoint(w, float("inf"))
+    args = ["--model", "MEMD", w.derain_options(), checkpoint, "--data", "pairs", "--out", "o"]
+    return Case(
+        _tool("evaluate.py", *args), f"{checkpoint}: tensor params.{key} holds 0 NaN and 1 infinite", absent=["o"]
+    )
+
+
+def _poisoned_pretrain(w: World, suffix: str) -> Case:
+    checkpoint, key = _poisoned_checkpoint(w)
+    message = f"path.pretrain_network_{suffix}: {checkpoint} cannot be loaded as weights: network {checkpoint}: "
+    return w.train(_set(f"path.pretrain_network_{suffix}", checkpoint), suffix == "t", f"{message}tensor params.{key}")
+
+
+def _bomb(w: World, path: str) -> str:
+    """Replace an image by a PNG header declaring 100000 x 100000 pixels (69 bytes): a decompression bomb."""
+    from test_data.test_input_checks import png_declaring
+
+    (w.root / path).write_bytes(png_declaring(100_000, 100_000))
+    return f"{path} declares 100000x100000 pixels"
+
+
+def _bomb_while_training(w: World) -> Case:
+    """Found at its first read, after training started, as any broken file is."""
+    case = w.train(_train_on(_pairs_section(w, "pairs/input", "pairs/target")), message=_bomb(w, "pairs/input/1.png"))
+    case.absent = []  # the experiment folder exists: training had started
+    return case
+
+
+ENTRY: dict[str, Callable[[World], Case]] = {
+    "derain with NaN weights": _poisoned_derain,
+    "evaluate with infinite weights": _poisoned_evaluate,
+    "NaN weights as pretrain_network_g": lambda w: _poisoned_pretrain(w, "g"),
+    "NaN weights as pretrain_network_t": lambda w: _poisoned_pretrain(w, "t"),
+    "create_lmdb of a decompression bomb": lambda w: Case(
+        _tool("create_lmdb.py", "pairs", "out", "--layout", "pairs"), _bomb(w, "pairs/input/1.png"), absent=["out"]
+    ),
+    "a decompression bomb in a training folder, sizes read up front": lambda w: w.train(
+        _train_on({**_pairs_section(w, "pairs/input", "pairs/target"), "small_images": "skip"}),
+        message=_bomb(w, "pairs/input/1.png"),
+    ),
+    "a decompression bomb in a training folder": _bomb_while_training,
+}
+
+# Schema: values out of range, files that do not load as written, command lines and environments, names that are
+# paths.
+SCHEMA: dict[str, Callable[[World], Case]] = {
+    "lr inf": lambda w: w.train(
+        _set("train.optim_g.lr", float("inf")), message="train.optim_g.lr: inf must be a number > 0, and finite"
+    ),
+    "gamma -1": lambda w: w.train(
+        _set("train.scheduler.gamma", -1), message="train.scheduler.gamma: -1 must be a number > 0"
+    ),
+    "milestones abc": lambda w: w.train(
+        _set("train.scheduler.milestones", "abc"),
+        message="train.scheduler.milestones: 'abc' must be a list of positive whole numbers of iterations",
+    ),
+    "network_g written twice": lambda w: _network_twice(w),
+    "alias bomb": lambda w: _alias_bomb(w),
+    "batch size 0": lambda w: w.train(
+        _set("datasets.train.batch_size_per_gpu", 0),
+        message="datasets.train.batch_size_per_gpu: 0 must be a positive integer",
+    ),
+    "batch size -1": lambda w: w.train(
+        _set("datasets.train.batch_size_per_gpu", -1),
+        message="datasets.train.batch_size_per_gpu: -1 must be a positive integer",
+    ),
+    "seed 1e23": lambda w: w.train(
+        _set("manual_seed", 1e23), message="manual_seed: 1e+23 must be an integer in [0, 4294967295]"
+    ),
+    "num_down 40": lambda w: w.train(
+        _set("network_g.num_down", 40), message="network_g: builds more than 500,000,000 parameters"
+    ),
+    "name ../lmdb": lambda w: w.train(_set("name", "../lmdb"), message="name: '../lmdb' must be a plain name"),
+    "name an absolute folder": lambda w: w.train(
+        _set("name", str(w.root / "pairs")), message=f"name: {str(w.root / 'pairs')!r} must be a plain name"
+    ),
+    "iters-scale inf": lambda w: _command(w, "--iters-scale", "inf", message="--iters-scale: inf must be a number > 0"),
+    "set logger=null": lambda w: _command(w, "--set", "logger=null", message="logger: None must be a mapping"),
+    "set a block of YAML": lambda w: _command(
+        w, "--set", "train=total_iter: 5", message="expected one value on one line"
+    ),
+    "launcher pytorch outside torchrun": lambda w: _command(
+        w, "--launcher", "pytorch", message="--launcher pytorch: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set"
+    ),
+    "ERL_PLUGIN_ITERS_SCALE text": lambda w: _with_environment(
+        w, "ERL_PLUGIN_ITERS_SCALE", "ten", message="ERL_PLUGIN_ITERS_SCALE='ten': expected a number > 0"
+    ),
+    "ERL_PLUGIN_ITERS_SCALE nan": lambda w: _with_environment(
+        w, "ERL_PLUGIN_ITERS_SCALE", "nan", message="ERL_PLUGIN_ITERS_SCALE='nan': expected a number > 0"
+    ),
+}
+
+
+def _command(w: World, *args: str, message: str) -> Case:
+    w.write(w.options())
+    return Case([*TRAIN, *args], message)
+
+
+def _with_environment(w: World, name: str, value: str, message: str) -> Case:
+    """``erl-train`` with ``name=value`` in its environment (a case holds only the command line)."""
+    w.write(w.options())
+    code = (
+        f"import os, runpy, sys; os.environ[{name!r}] = {value!r}; sys.argv = ['erl-train', *{TRAIN[2:]!r}]; "
+        "runpy.run_module('erl_plugin.train', run_name='__main__', alter_sys=True)"
+    )
+    return Case(["-c", code], message)
+
+
+def _network_twice(w: World) -> Case:
+    w.write(w.options())
+    text = (w.root / "opt.yml").read_text()
+    first = text.splitlines().index("network_g:") + 1
+    (w.root / "opt.yml").write_text(f"{text}network_g:\n  type: MEMD\n  num_feat: 8\n")
+    second = len(text.splitlines()) + 1
+    return Case(TRAIN, f"opt.yml: refused: network_g is set twice, at line {first} and line {second}")
+
+
+def _alias_bomb(w: World) -> Case:
+    w.write(w.options())
+    lines = ['lol0: &lol0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9^10 once expanded
+    with open(w.root / "opt.yml", "a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return Case(TRAIN, "opt.yml: refused: its aliases (*name) expand to")
+
+
 CASES = {**{f"options: {k}": v for k, v in OPTIONS.items()}, **{f"data: {k}": v for k, v in DATA.items()}}
 CASES.update({f"tools: {k}": v for k, v in TOOLS.items()})
+CASES.update({f"schema: {k}": v for k, v in SCHEMA.items()})
+CASES.update({f"entry: {k}": v for k, v in ENTRY.items()})
+
+
+# Writes: every output goes through one guarded path (erl_plugin/utils/outputs.py): never through a link,
+# never over a file the tools did not write, one run per experiment.
+def _linked(w: World, folder: str, name: str, target: str) -> str:
+    """An output folder holding ``name`` as a symbolic link to ``target`` (an input, or a precious file)."""
+    (w.root / folder).mkdir(parents=True, exist_ok=True)
+    (w.root / folder / name).symlink_to(w.root / target)
+    return folder
+
+
+def _users_file(w: World, folder: str, name: str) -> str:
+    (w.root / folder).mkdir(parents=True, exist_ok=True)
+    (w.root / folder / name).write_text("the user's own notes")
+    return folder
+
+
+def _derain(w: World, output: str, *extra: str) -> list[str]:
+    args = ["--opt", w.derain_options(), "--checkpoint", w.checkpoint("m.pth"), "--input", "pairs/input"]
+    return _tool("derain.py", *args, "--output", output, *extra)
+
+
+def _evaluate(w: World, out: str, *extra: str) -> list[str]:
+    return _tool("evaluate.py", "--model", "MEMD", w.derain_options(), w.checkpoint("m.pth"), "--data", "pairs",
+                 "--out", out, *extra)  # fmt: skip
+
+
+def _held_experiment(w: World) -> Case:
+    """Another live process holds the experiment's lock (this test process's pid stands for it)."""
+    (w.root / "experiments").mkdir()
+    record = {"owner": "erl_plugin", "pid": os.getpid(), "host": socket.gethostname(), "creates": []}
+    (w.root / "experiments/careless.lock").write_text(json.dumps(record))
+    case = w.train(lambda opt: None, message=f"another run (pid {os.getpid()}")
+    case.absent = ["experiments/careless", "results", "tb_logger"]
+    return case
+
+
+def _lmdb_with_users_file(w: World) -> Case:
+    made = run_python(_tool("create_lmdb.py", "pairs", "made", "--layout", "pairs", "--no-progress"), w.root)
+    assert made.returncode == 0, made.stderr
+    (w.root / "made/notes.txt").write_text("the user's notes, kept beside the LMDBs")
+    args = _tool("create_lmdb.py", "pairs", "made", "--layout", "pairs", "--overwrite", "--no-progress")
+    return Case(args, "notes.txt was not written by the tools", absent=[])
+
+
+WRITES: dict[str, Callable[[World], Case]] = {
+    "evaluate where scores.csv links to a checkpoint": lambda w: Case(
+        _evaluate(w, _linked(w, "o", "scores.csv", "lmdb/train/gt.lmdb/data.mdb"), "--overwrite"),
+        "scores.csv is a symbolic link",
+        absent=[],
+    ),
+    "evaluate over the user's summary.md": lambda w: Case(
+        _evaluate(w, _users_file(w, "o", "summary.md"), "--overwrite"), "was not written by the tools", absent=[]
+    ),
+    "evaluate into the current folder": lambda w: Case(_evaluate(w, "."), "holds the input", absent=[]),
+    "derain over the user's image": lambda w: Case(
+        _derain(w, _users_file(w, "out", "0.png")), "0.png exists and was not written by the tools", absent=[]
+    ),
+    "derain through a link to a file elsewhere": lambda w: Case(
+        _derain(w, _linked(w, "out", "1.png", "lmdb/train/lq.lmdb/data.mdb"), "--overwrite"),
+        "1.png is a symbolic link",
+        absent=[],
+    ),
+    "a second run of a training experiment": _held_experiment,
+    "create_lmdb --overwrite with the user's file inside": _lmdb_with_users_file,
+}
+CASES.update({f"writes: {k}": v for k, v in WRITES.items()})
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -425,3 +641,54 @@ def test_a_mistake_is_named_and_harms_nothing(world: World, name: str) -> None:
     assert {path: after.get(path) for path in before} == before  # every input as it was
     for path in case.absent:
         assert not (world.root / path).exists(), path
+
+
+def _every_output_writer(w: World) -> dict[str, tuple[list[str], list[str]]]:
+    """Each tool that writes files, run as a user would with --overwrite into ``o``: its command and the
+    names it writes there."""
+    for side in ("base", "erl"):
+        shutil.copytree(w.root / "pairs/input", w.root / side)
+    (w.root / "models.yml").write_text(
+        yaml.safe_dump([{"name": "M", "options": w.derain_options(), "checkpoint": w.checkpoint("m.pth")}])
+    )
+    (w.root / "sets.yml").write_text(yaml.safe_dump([{"name": "P", "dataroot": str(w.root / "pairs")}]))
+    images = ["0.png", "1.png", "2.png"]
+    return {
+        "evaluate": (_evaluate(w, "o", "--overwrite"), ["scores.csv", "summary.md", "comparison.png"]),
+        "derain": (_derain(w, "o", "--overwrite", "--compare"), [*images, "0_compare.png"]),
+        "analyze": (
+            _tool("analyze.py", "base", "erl", "pairs/target", "pairs/input", "--out", "o", "--overwrite"),
+            ["per_image.csv", "summary.md", "improvement.png", "hardest/0.png"],
+        ),
+        "leaderboard": (
+            _tool("leaderboard.py", "--models", "models.yml", "--testsets", "sets.yml", "--out", "o", "--overwrite"),
+            ["leaderboard.md", "leaderboard.csv"],
+        ),
+        "create_lmdb": (_tool("create_lmdb.py", "pairs", "o", "--layout", "pairs", "--overwrite"), ["meta_info.txt"]),
+        "synthesize_rain": (
+            _tool("synthesize_rain.py", "--source", "pairs/target", "--out", "o", "--overwrite"),
+            images,
+        ),
+    }
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "derain", "analyze", "leaderboard", "create_lmdb", "synthesize_rain"])
+def test_no_tool_writes_through_a_link_to_an_input(world: World, tool: str) -> None:
+    """Property of the one write path: an output folder whose every output name is a link to an input (even
+    listed in the tools' marker, as if an earlier run had written it) stops the tool with a named error, and
+    every input, and every link, is as it was."""
+    args, names = _every_output_writer(world)[tool]
+    inputs = sorted(p for p in (world.root / "pairs").rglob("*") if p.is_file())
+    for index, name in enumerate(names):
+        link = world.root / "o" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(inputs[index % len(inputs)])
+    (world.root / "o/.erl_plugin_output").write_text(json.dumps({"tool": tool, "files": names}))
+    before = _digests(world.root)
+    result = run_python(args, world.root)
+    assert result.returncode == 2, result.stderr
+    refusals = ("is a symbolic link", "was not written by the tools", "would overwrite an input")
+    assert any(refusal in result.stderr for refusal in refusals), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert _digests(world.root) == before
+    assert all((world.root / "o" / name).is_symlink() for name in names)

@@ -19,7 +19,6 @@ import sys
 from erl_plugin.data.layouts import LAYOUTS
 from erl_plugin.evaluation.analysis import DEFAULT_PROTOCOL, analyze, format_summary
 from erl_plugin.metrics.protocols import PROTOCOLS
-from erl_plugin.utils.outputs import output_lock
 
 
 def main() -> int:
@@ -43,22 +42,23 @@ def main() -> int:
     parser.add_argument("--masks", default=None, help="binary rain masks with the same names (nonzero = rain)")
     parser.add_argument("--hardest", type=int, default=4, help="overlays for this many lowest-baseline-PSNR images")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote in --out")
     args = parser.parse_args()
     try:
-        with output_lock(args.out):
-            analysis = analyze(
-                args.baseline_dir,
-                args.erl_dir,
-                args.clean_dir,
-                args.rainy_dir,
-                out_dir=args.out,
-                data=args.data,
-                layout=args.layout,
-                protocol=args.protocol,
-                masks_dir=args.masks,
-                hardest=args.hardest,
-                progress=not args.no_progress,
-            )
+        analysis = analyze(
+            args.baseline_dir,
+            args.erl_dir,
+            args.clean_dir,
+            args.rainy_dir,
+            out_dir=args.out,
+            data=args.data,
+            layout=args.layout,
+            protocol=args.protocol,
+            masks_dir=args.masks,
+            hardest=args.hardest,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

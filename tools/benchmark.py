@@ -18,6 +18,7 @@ import sys
 import torch
 
 from erl_plugin.evaluation.benchmark import fast_setting, markdown, run_benchmark
+from erl_plugin.utils.outputs import write_text
 from erl_plugin.utils.speed import check_compile, check_precision
 
 
@@ -59,7 +60,12 @@ def main() -> int:
     )
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--markdown", help="also write the Markdown tables here")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     args = parser.parse_args()
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and os.path.lexists(path) and not args.overwrite:
+            print(f"error: {flag} {path} already exists; pass --overwrite to replace it", file=sys.stderr)
+            return 2
     try:
         check_precision(args.amp, "--amp")
     except ValueError as error:
@@ -99,9 +105,7 @@ def main() -> int:
     print(table)
     for path, text in ((args.json, json.dumps(result, indent=2)), (args.markdown, table)):
         if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            write_text(path, text + "\n", replace=args.overwrite)
     return 0
 
 

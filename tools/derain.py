@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (rainy | derained)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace images an earlier run wrote in --output (never yours)"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             compile=args.compile,
             side_by_side=args.compare,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -15,7 +15,6 @@ import sys
 
 from erl_plugin.data.layouts import LAYOUTS
 from erl_plugin.evaluation.evaluate import PROTOCOL, evaluate
-from erl_plugin.utils.outputs import output_lock
 
 
 def main() -> int:
@@ -36,13 +35,14 @@ def main() -> int:
     parser.add_argument("--layout", choices=sorted(LAYOUTS), help="the folder's layout (default: detected)")
     parser.add_argument("--out", required=True, help="folder for scores.csv, summary.md, comparison.png")
     parser.add_argument("--show", type=int, default=4, help="images in comparison.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote in --out")
     parser.add_argument(
         "--min-gain-db", type=float, default=None, help="fail unless every model beats the rainy input by this PSNR"
     )
     args = parser.parse_args()
     try:
-        with output_lock(args.out):
-            means = evaluate([tuple(model) for model in args.model], args.data, args.out, args.show, args.layout)
+        models = [tuple(model) for model in args.model]
+        means = evaluate(models, args.data, args.out, args.show, args.layout, overwrite=args.overwrite)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

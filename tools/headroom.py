@@ -12,12 +12,13 @@ Example:
 
 import argparse
 import json
+import os
 import sys
 
 from erl_plugin.engine.options import OptionsError
 from erl_plugin.evaluation.evaluate import checkpoint_headroom
 from erl_plugin.models.headroom import MIN_MARGIN_DB
-from erl_plugin.utils.checkpoint import atomic_write_text
+from erl_plugin.utils.outputs import OutputError, check_not_input, write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         "--min-margin", type=float, default=MIN_MARGIN_DB, help="the target's gain over the student that counts (dB)"
     )
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
     try:
+        if args.json:
+            inputs = [path for path in (args.opt, args.network_g, args.teacher, args.data) if path]
+            check_not_input(args.json, inputs, "--json")
+            if os.path.lexists(args.json) and not args.overwrite:
+                raise OutputError(f"--json {args.json} already exists; pass --overwrite to replace it")
         headroom = checkpoint_headroom(args.opt, args.network_g, args.teacher, args.data)
     except (OptionsError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(headroom.report(args.min_margin))
     if args.json:
-        atomic_write_text(args.json, json.dumps(headroom.as_dict(), indent=1) + "\n")
+        write_text(args.json, json.dumps(headroom.as_dict(), indent=1) + "\n")
     return 0
 
 

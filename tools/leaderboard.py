@@ -21,6 +21,7 @@ import torch
 
 from erl_plugin.engine.entry import set_cpu_threads
 from erl_plugin.evaluation.leaderboard import (
+    leaderboard_files,
     leaderboard_markdown,
     read_models,
     read_reported,
@@ -29,7 +30,7 @@ from erl_plugin.evaluation.leaderboard import (
     write_leaderboard,
 )
 from erl_plugin.metrics.protocols import PROTOCOLS
-from erl_plugin.utils.outputs import check_not_input, output_lock
+from erl_plugin.utils.outputs import OutputFolder
 
 
 def main() -> int:
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--matrix", action="store_true", help="also write the trained-on x test-set matrix")
     parser.add_argument("--reported", help="published numbers to add as 'reported' rows (docs/reported.yml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote in --out")
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch CPU threads (default: OMP_NUM_THREADS, else every core)"
     )
@@ -58,11 +60,12 @@ def main() -> int:
         set_cpu_threads(args.threads)  # ms/image depends on it; the device column names the count
         models, test_sets = read_models(args.models), read_test_sets(args.testsets)
         inputs = [args.models, args.testsets, *(t.dataroot for t in test_sets)]
-        check_not_input(args.out, inputs + [path for m in models for path in (m.options, m.checkpoint)], "--out")
+        inputs += [path for m in models for path in (m.options, m.checkpoint)]
         reported = read_reported(args.reported) if args.reported else []
-        with output_lock(args.out):
+        with OutputFolder(args.out, tool="leaderboard", overwrite=args.overwrite, inputs=inputs) as out:
+            out.claim(leaderboard_files(args.matrix))
             rows = run_leaderboard(models, test_sets, args.protocols, args.device, progress=not args.no_progress)
-            paths = write_leaderboard(args.out, rows + reported, args.protocols, matrix=args.matrix)
+            paths = write_leaderboard(out, rows + reported, args.protocols, matrix=args.matrix)
     except (OSError, ValueError, KeyError) as error:  # OptionsError (bad --threads) is a ValueError
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)

@@ -25,7 +25,7 @@ from erl_plugin.evaluation.study import (
     short_of_gain,
     write_report,
 )
-from erl_plugin.utils.outputs import output_lock
+from erl_plugin.utils.outputs import OutputError, output_lock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             claim_folder(study, out, record=False)
         else:
             run_study(study, out, args.jobs)
-    except (StudyError, OptionsError) as error:
+    except (StudyError, OptionsError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RuntimeError as error:

@@ -20,7 +20,6 @@ import torch
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from PIL import Image
 from torch.utils import data
 
 from erl_plugin.data.dataset_keys import check_keys
@@ -33,7 +32,7 @@ from erl_plugin.data.layouts import (
     source_root,
 )
 from erl_plugin.data.lmdb_env import open_lmdb
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image
+from erl_plugin.data.lmdb_writer import ImageFileError, read_image, read_image_size
 from erl_plugin.data.pair_list import read_pair_list
 
 __all__ = ["DerainPairedDataset", "ImageConversionWarning"]
@@ -113,16 +112,6 @@ def read_meta_info(lmdb_path: str) -> dict[str, tuple[int, int]]:
 def _describe(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(repr(name) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image file, read from its header where Pillow can."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-        return height, width
-    except (OSError, SyntaxError, ValueError):
-        return read_image(path).shape[:2]  # raises ImageFileError naming the file if it is broken
 
 
 @DATASET_REGISTRY.register()
@@ -373,10 +362,10 @@ class DerainPairedDataset(data.Dataset):
             if self.lmdb:
                 sizes = (self._lmdb_sizes["lq"][lq], self._lmdb_sizes["gt"][gt])
             elif self.layout in SIDE_BY_SIDE_LAYOUTS:
-                height, width = _image_size(lq)
+                height, width = read_image_size(lq)
                 sizes = ((height, width // 2),)
             else:
-                sizes = (_image_size(lq), _image_size(gt))
+                sizes = (read_image_size(lq), read_image_size(gt))
             if all(min(hw) >= size for hw in sizes):
                 kept.append((lq, gt))
         skipped = len(self.pairs) - len(kept)

@@ -67,13 +67,33 @@ def is_image_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> bo
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
 
 
-def scan_images(root: str | os.PathLike[str]) -> list[str]:
-    """Relative ``/``-separated paths of the images under ``root`` (recursive, sorted, hidden skipped)."""
+def scan_images(
+    root: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS, *, recursive: bool = True
+) -> list[str]:
+    """Relative ``/``-separated paths of the images under ``root``, sorted; the one folder scan of the plugin.
+
+    Hidden files and folders are skipped. Subfolders are searched (unless ``recursive`` is False), a
+    symlinked one like any other, but each real directory once: a folder reached again, through a
+    link back to a parent (a loop) or a second link to it, is not searched again, so a loop neither
+    repeats images nor runs forever. Of two paths to one directory, the first reached (sorted, depth
+    first) is the one listed.
+
+    Args:
+        root: Folder to scan.
+        extensions: File extensions that are images (any case). Default: :data:`IMAGE_EXTENSIONS`.
+        recursive: Search subfolders. Default: True.
+    """
     found = []
+    visited: set[str] = set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        real = os.path.realpath(folder)
+        if real in visited:  # a second way into a directory already scanned
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders[:] = sorted(name for name in subfolders if recursive and not name.startswith("."))
         prefix = Path(os.path.relpath(folder, root)).as_posix()
-        found += [name if prefix == "." else f"{prefix}/{name}" for name in files if is_image_name(name)]
+        found += [name if prefix == "." else f"{prefix}/{name}" for name in files if is_image_name(name, extensions)]
     return sorted(found)
 
 
@@ -428,22 +448,16 @@ def _existing_folder(src: str | os.PathLike[str], layout: str) -> Path:
 
 
 def _image_files(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, str]:
-    """Image files under ``folder`` (recursive), as ``{path without extension: path}`` relative to it.
+    """Image files under ``folder`` (:func:`scan_images`), as ``{path without extension: path}`` relative to it.
 
     Raises:
         LayoutError: If two files differ only by extension.
     """
     files: dict[str, str] = {}
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
-        relative = Path(directory).relative_to(folder).as_posix()
-        for name in sorted(names):
-            if not is_image_name(name, extensions):
-                continue
-            path = name if relative == "." else f"{relative}/{name}"
-            previous = files.setdefault(strip_extension(path), path)
-            if previous != path:
-                raise LayoutError(f"{folder}: {previous} and {path} have the same name (keys would collide)")
+    for path in scan_images(folder, extensions):
+        previous = files.setdefault(strip_extension(path), path)
+        if previous != path:
+            raise LayoutError(f"{folder}: {previous} and {path} have the same name (keys would collide)")
     return files
 
 

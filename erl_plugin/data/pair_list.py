@@ -10,6 +10,8 @@ Blank lines and lines starting with ``#`` are ignored.
 import os
 from collections.abc import Iterable
 
+from erl_plugin.utils.outputs import write_text
+
 
 class PairListError(ValueError):
     """A pair-list line that cannot be read; the message names the file and the line."""
@@ -23,8 +25,7 @@ def write_pair_list(path: str | os.PathLike[str], pairs: Iterable[tuple[str, str
             if not name or "\t" in name or "\n" in name:
                 raise PairListError(f"{path}: cannot write the name {name!r} (empty, or holds a tab or newline)")
         lines.append(f"{lq}\t{gt}\n")
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(lines)
+    write_text(path, "".join(lines))
 
 
 def read_pair_list(path: str | os.PathLike[str]) -> list[tuple[str, str]]:

@@ -37,9 +37,10 @@ dist_validation           ``dist_validation`` validates on rank 0 while the othe
 no_force_yml              ``--force_yml`` applies overrides with ``exec`` (and lists with
                           ``eval``): refused, with a pointer to ``erl-train --set``.
 safe_yaml                 ``parse_options`` reads the options file with PyYAML's full
-                          ``Loader``, so a ``!!python/object/apply`` tag runs code. Here: the
+                          ``Loader``, so a ``!!python/object/apply`` tag runs code, a repeated
+                          key silently replaces the first and an alias bomb expands. Here: the
                           file is checked as ``erl-train`` checks it (same message, exit 2) and
-                          read with a safe loader.
+                          read with erl-train's loader (:mod:`erl_plugin.engine.strict_yaml`).
 installed_root            ``basicsr/train.py`` and ``test.py`` put ``experiments/``, ``results/``
                           and ``tb_logger/`` two folders above themselves: inside site-packages
                           when basicsr is installed. Here: under ``$ERL_PLUGIN_ROOT``, else the
@@ -338,8 +339,11 @@ def _safe_yaml() -> None:
     import yaml
     from basicsr.utils import options
 
-    class SafeOrderedLoader(yaml.SafeLoader):
-        """PyYAML's safe loader, building mappings as OrderedDict as BasicSR's loader does."""
+    from erl_plugin.engine.strict_yaml import StrictLoader
+
+    class SafeOrderedLoader(StrictLoader):
+        """erl-train's loader (safe; no repeated keys, no alias bombs), building mappings as OrderedDict as
+        BasicSR's loader does."""
 
     def ordered_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
         from collections import OrderedDict  # noqa: PLC0415

@@ -5,10 +5,14 @@ as they would in a BasicSR checkout.
 """
 
 import argparse
+import contextlib
+import errno
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -23,8 +27,10 @@ from erl_plugin.engine.options import (
     scale_requested_iterations,
     validate_options,
 )
+from erl_plugin.engine.schema import read_environment
 from erl_plugin.models.nonfinite import NonFiniteLossError
 from erl_plugin.models.schedulers import PlateauReached
+from erl_plugin.utils.outputs import DiskFullError, OutputError, output_lock
 from erl_plugin.utils.resume import ResumeError
 
 
@@ -67,6 +73,7 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     parser = build_parser(prog, f"{'Train' if is_train else 'Test'} with BasicSR and erl_plugin.")
     args = parser.parse_args(argv)
     try:
+        check_launcher(args.launcher)
         opt = apply_overrides(load_options(args.opt), args.overrides, args.opt)
         opt, scale = scale_requested_iterations(opt, args.iters_scale)
         import_custom_modules(opt, args.opt)
@@ -78,7 +85,13 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
         print(f"error: {error}", file=sys.stderr)
         return 2
     flags = ["--launcher", args.launcher] + ["--auto_resume"] * args.auto_resume + ["--debug"] * args.debug
-    with tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
+    with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
+        if _is_first_process():  # one lock per experiment, held by the rank that writes it
+            try:
+                held.enter_context(output_lock(experiment_folder(opt, is_train, args.debug)))
+            except OutputError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
         opt_path = args.opt
         if args.overrides or scale is not None:
             # BasicSR reads the options from a file and copies it into the experiment folder, so
@@ -100,7 +113,79 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
         except ImageFileError as error:  # a file only decoding finds broken; checkpoints so far are kept
             print(f"error: {_last_line(error)}; {BAD_FILE_REMEDY}", file=sys.stderr)
             return 2
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if isinstance(error, DiskFullError):  # names the file and the remedy already
+                print(f"error: {error.strerror}", file=sys.stderr)
+                return 1
+            where = f" writing {error.filename}" if error.filename else ""
+            print(
+                f"error: {error.strerror}{where}; the checkpoints written so far are complete: free some space, "
+                "then resume with --auto_resume",
+                file=sys.stderr,
+            )
+            return 1
     return 0
+
+
+def experiment_folder(opt: Mapping[str, Any], is_train: bool, debug: bool = False) -> str:
+    """The folder BasicSR writes for these options: ``experiments/<name>`` (training) or ``results/<name>``."""
+    name = opt["name"]
+    if debug and not name.startswith("debug"):  # BasicSR's own renaming in debug mode
+        name = f"debug_{name}"
+    return os.path.join("experiments" if is_train else "results", name)
+
+
+def _is_first_process() -> bool:
+    """Whether this process is rank 0 of its job (or the only one)."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+LAUNCHER_ENV = {
+    "pytorch": ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"),
+    "slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST"),
+}
+"""The environment variables BasicSR's start of each launcher reads (torchrun and srun set them)."""
+
+_LAUNCHER_REMEDY = {
+    "pytorch": "start the command with torchrun (torchrun --nproc_per_node=N -m erl_plugin.train -opt FILE "
+    "--launcher pytorch), or drop --launcher for one process",
+    "slurm": "run it as a Slurm job step (srun ... --launcher slurm), or drop --launcher for one process",
+}
+
+
+def check_launcher(launcher: str) -> None:
+    """``--launcher pytorch|slurm`` runs where that launcher started the process, with valid values.
+
+    Raises:
+        OptionsError: naming the variables that are missing or invalid (``RANK``, ``WORLD_SIZE``, ...), or,
+            for slurm, the missing ``scontrol`` or CUDA device BasicSR's slurm start needs.
+    """
+    if launcher == "none":
+        return
+    missing = [name for name in LAUNCHER_ENV[launcher] if not os.environ.get(name, "").strip()]
+    if missing:
+        raise OptionsError(
+            f"--launcher {launcher}: {', '.join(missing)} not set in the environment: this process was not started "
+            f"by {'torchrun' if launcher == 'pytorch' else 'srun'}; {_LAUNCHER_REMEDY[launcher]}"
+        )
+    if launcher == "pytorch":
+        rank, world_size = read_environment("RANK"), read_environment("WORLD_SIZE")
+        read_environment("MASTER_PORT")
+        read_environment("LOCAL_RANK")
+        if rank >= world_size:
+            raise OptionsError(f"--launcher pytorch: RANK={rank} must be below WORLD_SIZE={world_size}")
+        return
+    read_environment("SLURM_PROCID")
+    read_environment("SLURM_NTASKS")
+    if shutil.which("scontrol") is None:
+        raise OptionsError("--launcher slurm: scontrol is not on PATH (BasicSR asks it for the master node)")
+    if torch.cuda.device_count() == 0:
+        raise OptionsError(
+            "--launcher slurm: BasicSR's slurm start needs CUDA devices and this machine has none; on the CPU, "
+            "start with torchrun and --launcher pytorch"
+        )
 
 
 def set_cpu_threads(requested: int | None) -> str:
@@ -110,15 +195,17 @@ def set_cpu_threads(requested: int | None) -> str:
     on a node); else the cores shared by this node's processes (``LOCAL_WORLD_SIZE``), at least 1.
 
     Raises:
-        OptionsError: ``requested`` is below 1.
+        OptionsError: ``requested`` is below 1, or ``OMP_NUM_THREADS`` or ``LOCAL_WORLD_SIZE`` is not a
+            positive integer.
     """
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    processes = read_environment("LOCAL_WORLD_SIZE") or 1
+    omp_threads = read_environment("OMP_NUM_THREADS")
     if requested is not None:
         if requested < 1:
             raise OptionsError(f"--threads: {requested} must be 1 or more")
         threads, how = requested, "--threads"
-    elif os.environ.get("OMP_NUM_THREADS"):
-        threads, how = torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    elif omp_threads:
+        threads, how = torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS'].strip()}"
     else:
         threads = max(1, (os.cpu_count() or 1) // processes)
         how = f"{os.cpu_count()} cores / {processes} process(es) on this node"

@@ -1,17 +1,19 @@
 """Reading, overriding and checking BasicSR options files before BasicSR sees them.
 
 BasicSR fails deep inside its pipeline on a misspelt network type or a missing dataset path, and
-its ``--force_yml`` applies overrides with ``exec``. Our entry points load the file here, apply
-``--set key.sub=value`` overrides (values parsed as YAML, no code runs), check it, and hand BasicSR
-the result.
+its ``--force_yml`` applies overrides with ``exec``. Our entry points load the file here (a safe
+loader that refuses repeated keys and alias bombs: :mod:`erl_plugin.engine.strict_yaml`), apply
+``--set key.sub=value`` overrides (values parsed as YAML, no code runs), check it against the schema
+(:mod:`erl_plugin.engine.schema`) and the registries, and hand BasicSR the result.
 """
 
+import contextlib
 import copy
 import importlib
+import math
 import os
-import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,15 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGIS
 
 from erl_plugin.data.dataset_check import DatasetCheckError, check_dataset
 from erl_plugin.data.dataset_keys import check_keys
+from erl_plugin.engine.schema import (
+    ENVIRONMENT,
+    FLOAT_TEXT,
+    ITERS_SCALE_ENV,
+    OptionsError,
+    check_schema,
+    read_environment,
+)
+from erl_plugin.engine.strict_yaml import StrictLoader, YamlRefused, load_one_value
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.erl_model import check_optimizers
@@ -29,12 +40,11 @@ from erl_plugin.utils.checkpoint import CheckpointError, load_fitting, load_weig
 from erl_plugin.utils.speed import check_speed_options, requested_speed_options
 
 
-class OptionsError(ValueError):
-    """An options file or override that cannot work; the message names the file and the key."""
-
-
 def load_yaml(path: str, kind: str) -> Any:
     """Read a YAML file safely; raise :class:`OptionsError` naming it if missing or malformed.
+
+    The loader (:class:`~erl_plugin.engine.strict_yaml.StrictLoader`) is PyYAML's safe one that also
+    refuses a key written twice in one mapping and aliases that expand past a small bound.
 
     Args:
         path: The file.
@@ -44,7 +54,9 @@ def load_yaml(path: str, kind: str) -> Any:
         raise OptionsError(f"{path}: {kind} file not found")
     with open(path, encoding="utf-8") as handle:
         try:
-            return yaml.safe_load(handle)
+            return yaml.load(handle, Loader=StrictLoader)
+        except YamlRefused as error:
+            raise OptionsError(f"{path}: refused: {error.problem}") from None
         except yaml.constructor.ConstructorError as error:
             where = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
             raise OptionsError(
@@ -63,14 +75,11 @@ def load_options(path: str) -> dict[str, Any]:
     return opt
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
 def _parse_value(text: str) -> Any:
-    """A YAML value, where ``4e-4`` is a float (YAML 1.1 would read it as a string); a quoted value stays a string."""
-    value = yaml.safe_load(text)
+    """One YAML value, where ``4e-4`` is a float (YAML 1.1 would read it as a string); a quoted value stays a string."""
+    value = load_one_value(text)
     quoted = text.strip()[:1] in ("'", '"')
-    if isinstance(value, str) and not quoted and _FLOAT.fullmatch(value.strip()):
+    if isinstance(value, str) and not quoted and FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)
     return value
 
@@ -79,7 +88,10 @@ def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: st
     """Return a copy of ``opt`` with ``key.sub=value`` overrides applied.
 
     The key must exist; prefix it with ``+`` to add a new one (``+path.pretrain_network_g=x.pth``).
-    Values are YAML scalars or flow collections (``4e-4``, ``true``, ``[1, 2]``, ``null``).
+    Values are YAML scalars or flow collections (``4e-4``, ``true``, ``[1, 2]``, ``{a: 1}``, ``null``) on
+    one line; several documents or a block of YAML are refused. What a value may be is checked later,
+    with the file (:func:`validate_options`): ``--set logger=null`` replaces a section that must stay a
+    mapping.
 
     Example:
         >>> apply_overrides({"train": {"total_iter": 10}}, ["train.total_iter=20"], "x.yml")
@@ -94,6 +106,8 @@ def apply_overrides(opt: Mapping[str, Any], overrides: Iterable[str], source: st
             raise OptionsError(f"--set {override!r}: expected key.sub=value")
         try:
             value = _parse_value(text)
+        except YamlRefused as error:
+            raise OptionsError(f"--set {override!r}: {error.problem}") from None
         except yaml.YAMLError as error:
             raise OptionsError(f"--set {override!r}: value is not valid YAML: {error}") from None
         node: Any = result
@@ -121,9 +135,6 @@ _ITER_KEYS = (
 )
 
 
-ITERS_SCALE_ENV = "ERL_PLUGIN_ITERS_SCALE"
-
-
 def requested_iters_scale(flag: float | None) -> tuple[float | None, str]:
     """The iteration scale asked for and where it came from: ``--iters-scale``, else the environment.
 
@@ -131,20 +142,17 @@ def requested_iters_scale(flag: float | None) -> tuple[float | None, str]:
     erl_plugin.train``, torchrun's workers, BasicSR's ``train.py``, the study) without editing it.
 
     Raises:
-        OptionsError: the variable is set to something that is not a number > 0.
+        OptionsError: the flag or the variable is not a finite number > 0.
     """
     if flag is not None:
+        problem = ENVIRONMENT[ITERS_SCALE_ENV].problem(flag)
+        if problem is not None:
+            raise OptionsError(f"--iters-scale: {problem}")
         return flag, f"--iters-scale {flag:g}"
-    text = os.environ.get(ITERS_SCALE_ENV, "").strip()
-    if not text:
+    factor = read_environment(ITERS_SCALE_ENV)
+    if factor is None:
         return None, ""
-    try:
-        factor = float(text)
-    except ValueError:
-        factor = None
-    if factor is None or not factor > 0:
-        raise OptionsError(f"{ITERS_SCALE_ENV}={text!r}: expected a number > 0 (e.g. 0.01), or unset")
-    return factor, f"{ITERS_SCALE_ENV}={text}"
+    return factor, f"{ITERS_SCALE_ENV}={os.environ[ITERS_SCALE_ENV].strip()}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,10 @@ def scale_requested_iterations(
     return scaled, IterationScale(factor, source) if scaled != opt else None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
 
@@ -176,38 +188,52 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     ``train.stages``), the milestones, periods and (PlateauLR) patience of ``train.scheduler`` and of
     every ``train.stage_options.<stage>.scheduler``, ``val.val_freq``, ``logger.save_checkpoint_freq``
     and ``logger.print_freq``. ``total_iter`` becomes the sum of the
-    scaled stages when there are stages, so the two always agree.
+    scaled stages when there are stages, so the two always agree. A value that is not a number (or a
+    section that is not a mapping) is left as written, for :func:`validate_options` to name.
+
+    Raises:
+        OptionsError: ``factor`` is not a finite number > 0, or a scaled count is not finite.
     """
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
-        raise OptionsError(f"iters_scale {factor!r} must be a number > 0")
+    problem = ENVIRONMENT[ITERS_SCALE_ENV].problem(factor)
+    if problem is not None:
+        raise OptionsError(f"iters_scale {problem}")
     result = copy.deepcopy(dict(opt))
 
-    def scaled(value: Any) -> int:
-        return max(1, round(float(value) * factor))
+    def scaled(value: Any) -> Any:
+        if not _is_number(value):
+            return value
+        product = float(value) * factor
+        if not math.isfinite(product):
+            raise OptionsError(f"iters_scale {factor:g}: {value!r} iterations scaled by it is not a finite number")
+        return max(1, round(product))
+
+    def scaled_list(values: Any) -> Any:
+        return [scaled(v) for v in values] if isinstance(values, list) and all(map(_is_number, values)) else values
+
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
 
     for section, key in _ITER_KEYS:
-        if key in (result.get(section) or {}):
+        if key in mapping(result.get(section)):
             result[section][key] = scaled(result[section][key])
-    train = result.get("train") or {}
-    if train.get("stage_iters"):
-        train["stage_iters"] = [scaled(v) for v in train["stage_iters"]]
+    train = mapping(result.get("train"))
+    stage_iters = train.get("stage_iters")
+    if isinstance(stage_iters, list) and stage_iters and all(map(_is_number, stage_iters)):
+        train["stage_iters"] = [scaled(v) for v in stage_iters]
         train["total_iter"] = sum(train["stage_iters"])
-    stages = train.get("stages")
-    if (
-        isinstance(stages, list)
-        and stages
-        and all(isinstance(s, dict) and isinstance(s.get("iters"), int) for s in stages)
-    ):
+    stages = train.get("stages") if isinstance(train.get("stages"), list) else []
+    if stages and all(isinstance(s, dict) and _is_number(s.get("iters")) for s in stages):
         for stage in stages:
             stage["iters"] = scaled(stage["iters"])
         train["total_iter"] = sum(stage["iters"] for stage in stages)
-    schedulers = [train.get("scheduler")] + [s.get("scheduler") for s in (train.get("stage_options") or {}).values()]
-    schedulers += [s.get("scheduler") for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
-    for scheduler in schedulers:
+    schedulers = [train.get("scheduler")]
+    schedulers += [mapping(s).get("scheduler") for s in mapping(train.get("stage_options")).values()]
+    schedulers += [mapping(s).get("scheduler") for s in stages]
+    for scheduler in map(mapping, schedulers):
         for key in ("milestones", "periods"):
-            if scheduler and scheduler.get(key):
-                scheduler[key] = [scaled(v) for v in scheduler[key]]
-        if scheduler and isinstance(scheduler.get("patience"), int):
+            if scheduler.get(key):
+                scheduler[key] = scaled_list(scheduler[key])
+        if isinstance(scheduler.get("patience"), int) and not isinstance(scheduler["patience"], bool):
             scheduler["patience"] = scaled(scheduler["patience"])
     return result
 
@@ -250,13 +276,6 @@ def _check_registered(value: Any, registry: Any, where: str, what: str, source: 
         raise OptionsError(
             f"{source}: {where}: {value!r} is not a registered {what}; registered: {_registered(registry)}"
         )
-
-
-def _check_count(opt: Mapping[str, Any], section: str, key: str, source: str) -> None:
-    """An optional positive integer option, such as ``logger.keep_last``."""
-    value = (opt.get(section) or {}).get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise OptionsError(f"{source}: {section}.{key}: {value!r} must be a positive integer (or absent)")
 
 
 def _check_path(value: Any, where: str, source: str) -> None:
@@ -302,48 +321,11 @@ def _check_speed(opt: Mapping[str, Any], source: str) -> None:
         )
 
 
-def _check_iterations(value: Any, where: str, source: str) -> None:
-    """An iteration count: a positive whole number (``!!float 2e4`` included)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1 or value != int(value):
-        raise OptionsError(f"{source}: {where}: {value!r} must be a positive whole number of iterations")
-
-
-def _check_numbers(opt: Mapping[str, Any], source: str) -> None:
-    """Learning rates, weight decays and loss weights are numbers; YAML reads ``1e-3`` as a string."""
-    train = opt.get("train") or {}
-    stages = train.get("stages") if isinstance(train.get("stages"), list) else []
-    sections = {
-        "train": train,
-        **{f"train.stage_options.{k}": v for k, v in (train.get("stage_options") or {}).items()},
-        **{f"train.stages[{i}]": v for i, v in enumerate(stages) if isinstance(v, Mapping)},
-    }
-    for prefix, section in sections.items():
-        for group, keys in (
-            ("optim_g", ("lr", "weight_decay")),
-            ("pixel_opt", ("loss_weight",)),
-            ("feature_opt", ("loss_weight",)),
-        ):
-            values = (section or {}).get(group) or {}
-            for key in keys:
-                value = values.get(key) if isinstance(values, Mapping) else None
-                if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-                    continue
-                where = f"{prefix}.{group}.{key}"
-                if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-                    raise OptionsError(
-                        f"{source}: {where}: {value!r} is a string (YAML 1.1 reads 1e-3 without a dot as text); "
-                        f"write {float(value):.1e} or !!float {value}"
-                    )
-                raise OptionsError(f"{source}: {where}: {value!r} must be a number")
-
-
 def _check_devices(opt: Mapping[str, Any], source: str) -> None:
-    """``num_gpu`` asks for no more CUDA devices than this machine has."""
+    """``num_gpu`` (auto or an integer >= 0, by the schema) asks for no more CUDA devices than this machine has."""
     wanted = opt.get("num_gpu", "auto")
     if wanted == "auto" or wanted is None:
         return
-    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 0:
-        raise OptionsError(f"{source}: num_gpu: {wanted!r} must be auto or a whole number >= 0")
     present = torch.cuda.device_count()
     if wanted > present:
         raise OptionsError(
@@ -352,11 +334,186 @@ def _check_devices(opt: Mapping[str, Any], source: str) -> None:
         )
 
 
-def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
-    """Check what BasicSR would otherwise fail on deep inside its pipeline.
+MAX_NETWORK_PARAMETERS = 500_000_000
+"""The most parameters the options check lets one ``network_*`` section register while it is built
+(an ERLNet registers its backbone twice): 20 times the largest restoration networks in common use
+(Restormer 26M, NAFNet-64 68M), far below what would exhaust a machine's memory before BasicSR starts."""
 
-    Checks the model, network and dataset types against BasicSR's registries, that each network
-    builds from its options and takes its pretrained checkpoint, that every dataset path, meta-info
+_TRAINING_COPIES = 4
+"""Copies of the weights that training holds: the weights, their gradients and Adam's two moments."""
+
+
+class _TooLarge(Exception):
+    """A network build passed :data:`MAX_NETWORK_PARAMETERS` (raised from inside its constructor)."""
+
+
+@contextlib.contextmanager
+def _parameter_budget(limit: int) -> Iterator[None]:
+    """Abort a network build (:class:`_TooLarge`) once the parameters it registers pass ``limit``.
+
+    The hook runs as each parameter is registered, before the constructor initialises its values, so
+    a huge network stops at its first oversized tensor, whose pages are never touched.
+    """
+    registered = 0
+
+    def count(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        nonlocal registered
+        registered += param.numel() if param is not None else 0
+        if registered > limit:
+            raise _TooLarge
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _size_options(section: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The integer options of a network section (``num_feat: 32``, ``backbone.num_down: 40``), for messages."""
+    found = []
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            found += _size_options(value, f"{prefix}{key}.")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found.append(f"{prefix}{key}: {value}")
+    return found
+
+
+def _smaller(key: str, section: Mapping[str, Any]) -> str:
+    sizes = _size_options(section)
+    return f"make {key} smaller ({', '.join(sizes)})" if sizes else f"make {key} smaller"
+
+
+def _too_large(key: str, section: Mapping[str, Any], source: str) -> OptionsError:
+    return OptionsError(
+        f"{source}: {key}: builds more than {MAX_NETWORK_PARAMETERS:,} parameters, the bound of one network; "
+        f"{_smaller(key, section)}"
+    )
+
+
+def _build_network(section: Mapping[str, Any]) -> torch.nn.Module:
+    # Through the registry: basicsr's build_network would set up its logger before the pipeline does.
+    kwargs = {k: v for k, v in copy.deepcopy(dict(section)).items() if k != "type"}
+    return ARCH_REGISTRY.get(section["type"])(**kwargs)
+
+
+def _meta_network(key: str, section: Mapping[str, Any], source: str) -> torch.nn.Module | None:
+    """``section``'s network on the meta device (shapes only, no memory); None when it cannot be built there.
+
+    Raises:
+        OptionsError: the network passes :data:`MAX_NETWORK_PARAMETERS`, or its sizes overflow.
+    """
+    try:
+        with torch.device("meta"), _parameter_budget(MAX_NETWORK_PARAMETERS):
+            return _build_network(section)
+    except _TooLarge:
+        raise _too_large(key, section, source) from None
+    except Exception as error:  # bad options, or a constructor that needs real tensors (an adapter's probe):
+        # the real build reports the first and sizes the second, under the same budget
+        if "overflow" in str(error).lower():
+            raise _too_large(key, section, source) from None
+        return None
+
+
+def _activation_bytes(net: torch.nn.Module, opt: Mapping[str, Any]) -> int:
+    """The bytes of the outputs of ``net``'s layers for one training batch (``batch_size_per_gpu`` crops of
+    ``gt_size``), from a forward pass on the meta device; 0 when the options or the network do not say."""
+    train_set = (opt.get("datasets") or {}).get("train") or {}
+    batch, size = train_set.get("batch_size_per_gpu"), train_set.get("gt_size")
+    scale = opt.get("scale", 1)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (batch, size, scale)):
+        return 0
+    conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        return 0
+    total = 0
+
+    def add(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if next(module.children(), None) is None:  # layers only: a container's output is its last layer's
+            for tensor in output if isinstance(output, tuple | list) else (output,):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+
+    handle = torch.nn.modules.module.register_module_forward_hook(add)
+    try:
+        with torch.no_grad():
+            net(torch.empty(batch, conv.in_channels, max(1, size // scale), max(1, size // scale), device="meta"))
+    except Exception:  # a forward that needs real values: no estimate
+        return 0
+    finally:
+        handle.remove()
+    return total
+
+
+def _machine_memory() -> int | None:
+    """This machine's memory in bytes (the container's limit where lower); None where it cannot be read."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file, encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text))
+    return memory
+
+
+def _memory_text(count: float) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def _check_network_memory(
+    opt: Mapping[str, Any], networks: Mapping[str, torch.nn.Module], source: str, is_train: bool
+) -> None:
+    """The networks (sized on the meta device) fit this machine's memory: their weights, and on a CPU run
+    the training copies and one batch's activations."""
+    memory = _machine_memory()
+    if memory is None or not networks:
+        return
+    weights = {key: sum(p.numel() * p.element_size() for p in net.parameters()) for key, net in networks.items()}
+    if opt["model_type"] == "ERLModel" and hasattr(networks.get("network_g"), "backbone"):
+        teacher = networks["network_g"].backbone  # the teacher is one more backbone
+        weights["network_g"] += sum(p.numel() * p.element_size() for p in teacher.parameters())
+    largest = max(weights, key=weights.get)
+    on_cpu = opt.get("num_gpu") == 0 or torch.cuda.device_count() == 0
+    if not (is_train and on_cpu):  # BasicSR builds every network on the CPU before moving it
+        if sum(weights.values()) > memory:
+            raise OptionsError(
+                f"{source}: {largest}: the networks' weights take {_memory_text(sum(weights.values()))} but this "
+                f"machine has {_memory_text(memory)} of memory; {_smaller(largest, opt[largest])}"
+            )
+        return
+    activations = _activation_bytes(networks["network_g"], opt) if "network_g" in networks else 0
+    need = _TRAINING_COPIES * sum(weights.values()) + activations
+    if need > memory:
+        batch = (
+            f", plus {_memory_text(activations)} of layer outputs for a batch of datasets.train.batch_size_per_gpu "
+            "crops of datasets.train.gt_size"
+            if activations
+            else ""
+        )
+        raise OptionsError(
+            f"{source}: {largest}: training on the CPU needs about {_memory_text(need)} ({_TRAINING_COPIES} copies "
+            f"of {_memory_text(sum(weights.values()))} of weights: weights, gradients and Adam's two moments{batch}) "
+            f"but this machine has {_memory_text(memory)} of memory; {_smaller(largest, opt[largest])}"
+            f"{', or the batch or the crops' if activations else ''}"
+        )
+
+
+def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
+    """Check what BasicSR would otherwise fail on deep inside its pipeline, before anything is created.
+
+    Checks every rule of the schema (:data:`erl_plugin.engine.schema.SCHEMA`: sections that must be
+    mappings, numbers and their ranges, a plain experiment name), the model, network and dataset types
+    against BasicSR's registries, that each network is within :data:`MAX_NETWORK_PARAMETERS` and this
+    machine's memory (sized on the meta device, before it is built), that it builds from its options
+    and takes its pretrained checkpoint, that every dataset path, meta-info
     file and pretrained network exists, that the sections the pipeline reads are present, an
     ERLModel's stages and teacher checkpoint, and the speed options (:mod:`erl_plugin.utils.speed`).
 
@@ -367,28 +524,29 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
     for key in required:
         if key not in opt:
             raise OptionsError(f"{source}: missing top-level key {key!r} (required: {', '.join(required)})")
-    if not isinstance(opt["name"], str) or not opt["name"]:
-        raise OptionsError(
-            f'{source}: name: {opt["name"]!r} must be a non-empty string (quote it: name: "{opt["name"]}")'
-        )
+    check_schema(opt, source)
     _check_registered(opt["model_type"], MODEL_REGISTRY, "model_type", "model", source)
     _check_devices(opt, source)
     networks = [key for key in opt if key.startswith("network_")]
-    built: dict[str, torch.nn.Module] = {}
     if not networks:
         raise OptionsError(f"{source}: no network_* section (e.g. network_g: {{type: MEMD}})")
     for key in networks:
-        section = opt[key]
-        if not isinstance(section, dict) or "type" not in section:
+        if "type" not in opt[key]:
             raise OptionsError(f"{source}: {key}: expected a mapping with a 'type' key")
-        _check_registered(section["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
-        kwargs = {k: v for k, v in copy.deepcopy(section).items() if k != "type"}
-        try:  # through the registry: basicsr's build_network would set up its logger before the pipeline does
-            net = ARCH_REGISTRY.get(section["type"])(**kwargs)
+        _check_registered(opt[key]["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
+    # Sized without memory first, so that a huge network is refused before anything real is built.
+    sized = {key: _meta_network(key, opt[key], source) for key in networks}
+    _check_network_memory(opt, {key: net for key, net in sized.items() if net is not None}, source, is_train)
+    built: dict[str, torch.nn.Module] = {}
+    for key in networks:
+        try:
+            with _parameter_budget(MAX_NETWORK_PARAMETERS):
+                built[key] = _build_network(opt[key])
+        except _TooLarge:
+            raise _too_large(key, opt[key], source) from None
         except (TypeError, ValueError, KeyError) as error:
             raise OptionsError(f"{source}: {key}: {error}") from None
-        built[key] = net
-        _check_checkpoint_fits(net, opt.get("path") or {}, key.removeprefix("network_"), source)
+        _check_checkpoint_fits(built[key], opt.get("path") or {}, key.removeprefix("network_"), source)
     datasets = opt["datasets"]
     if not isinstance(datasets, dict) or not datasets:
         raise OptionsError(f"{source}: datasets: expected a mapping of phases (train, val, test_1, ...)")
@@ -418,20 +576,14 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             raise OptionsError(f"{source}: datasets.train is missing (the training set; phases: {', '.join(datasets)})")
         if "total_iter" not in (opt["train"] or {}):
             raise OptionsError(f"{source}: train.total_iter is missing")
-        _check_iterations(opt["train"]["total_iter"], "train.total_iter", source)
-        _check_numbers(opt, source)
         val = opt.get("val") or {}
         if any(phase.split("_")[0] == "val" for phase in datasets) and val and "val_freq" not in val:
             raise OptionsError(f"{source}: val.val_freq is missing (how often to validate, in iterations)")
-        if "val_freq" in val:
-            _check_iterations(val["val_freq"], "val.val_freq", source)
-    _check_count(opt, "logger", "keep_last", source)
-    _check_count(opt, "train", "max_consecutive_nonfinite", source)
     if opt["model_type"] == "ERLModel":
         if opt["network_g"]["type"] != "ERLNet":
             raise OptionsError(f"{source}: network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
         backbone = opt["network_g"]["backbone"]
-        teacher = built["network_g"].new_backbone()
+        teacher = built["network_g"].new_backbone()  # smaller than network_g, which passed the budget
         _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
     _check_speed(opt, source)
     if is_train and opt["model_type"] == "ERLModel":

@@ -28,6 +28,7 @@ the authors' own); every written header, table and plot title names it.
 
 import collections
 import csv
+import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -39,10 +40,10 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
-from erl_plugin.data.lmdb_writer import read_image, write_image
+from erl_plugin.data.lmdb_writer import read_image
 from erl_plugin.evaluation.evaluate import dataset_section, pair_name, read_pair, side_by_side, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
-from erl_plugin.utils.outputs import check_not_input
+from erl_plugin.utils.outputs import OutputFolder
 
 DEFAULT_PROTOCOL = "paper"
 
@@ -335,43 +336,44 @@ def format_summary(analysis: Analysis) -> str:
     return "\n".join(lines)
 
 
-def write_per_image_csv(path: str, analysis: Analysis) -> None:
-    """One row per image: scores of both models, improved (1/0), subset, IoR and IoB (empty if undefined)."""
+def per_image_csv(analysis: Analysis) -> str:
+    """CSV text, one row per image: scores of both models, improved (1/0), subset, IoR and IoB (empty if
+    undefined)."""
     p = analysis.protocol
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(
+        [
+            "image",
+            f"baseline PSNR ({p})",
+            f"baseline SSIM ({p})",
+            f"ERL-Net PSNR ({p})",
+            f"ERL-Net SSIM ({p})",
+            "improved",
+            "subset",
+            f"IoR (Y, {p})",
+            f"IoB (Y, {p})",
+        ]
+    )
+    for image, is_hard in zip(analysis.images, analysis.hard, strict=True):
         writer.writerow(
             [
-                "image",
-                f"baseline PSNR ({p})",
-                f"baseline SSIM ({p})",
-                f"ERL-Net PSNR ({p})",
-                f"ERL-Net SSIM ({p})",
-                "improved",
-                "subset",
-                f"IoR (Y, {p})",
-                f"IoB (Y, {p})",
+                image.name,
+                f"{image.baseline_psnr:.4f}",
+                f"{image.baseline_ssim:.4f}",
+                f"{image.erl_psnr:.4f}",
+                f"{image.erl_ssim:.4f}",
+                int(image.improved),
+                "hard" if is_hard else "easy",
+                "" if image.ior is None else f"{image.ior:.6f}",
+                "" if image.iob is None else f"{image.iob:.6f}",
             ]
         )
-        for image, is_hard in zip(analysis.images, analysis.hard, strict=True):
-            writer.writerow(
-                [
-                    image.name,
-                    f"{image.baseline_psnr:.4f}",
-                    f"{image.baseline_ssim:.4f}",
-                    f"{image.erl_psnr:.4f}",
-                    f"{image.erl_ssim:.4f}",
-                    int(image.improved),
-                    "hard" if is_hard else "easy",
-                    "" if image.ior is None else f"{image.ior:.6f}",
-                    "" if image.iob is None else f"{image.iob:.6f}",
-                ]
-            )
+    return text.getvalue()
 
 
-def plot_improvement(path: str, analysis: Analysis) -> None:
-    """Bar plot like Fig. 3: share of improved images overall, among hard and among easy images."""
+def improvement_png(analysis: Analysis) -> bytes:
+    """PNG of a bar plot like Fig. 3: share of improved images overall, among hard and among easy images."""
     shares = [analysis.overall, analysis.hard_share, analysis.easy_share]
     figure = Figure(figsize=(5.5, 4.0), dpi=100)
     axes = figure.subplots()
@@ -384,8 +386,9 @@ def plot_improvement(path: str, analysis: Analysis) -> None:
     axes.set_ylim(0, 110)
     axes.set_ylabel("images improved by ERL-Net (%)")
     axes.set_title(f"ERL-Net PSNR above baseline, protocol {analysis.protocol}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    return image.getvalue()
 
 
 def overlay(
@@ -428,6 +431,7 @@ def analyze(
     masks_dir: str | None = None,
     hardest: int = 4,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Analysis:
     """Compare ERL-Net with a baseline image by image and write the Section 4.3 analysis.
 
@@ -447,6 +451,7 @@ def analyze(
         masks_dir: Binary rain masks (nonzero = rain) used instead of thresholding. Default: None.
         hardest: How many overlays to write. Default: 4.
         progress: Show a progress bar over images. Default: True.
+        overwrite: Replace the files an earlier run wrote in ``out_dir`` (:class:`OutputFolder`).
 
     Returns:
         The analysis.
@@ -468,12 +473,25 @@ def analyze(
         raise ValueError(f"hardest must be 0 or more, got {hardest}")
     outputs = {"baseline": baseline_dir, "erl": erl_dir, **({"mask": masks_dir} if masks_dir is not None else {})}
     if data is not None:
-        check_not_input(out_dir, [*outputs.values(), data], "--out")
+        inputs = [*outputs.values(), data]
         names, load = _dataset_source(outputs, data, layout)
     else:
         folders = {**outputs, "clean": clean_dir, **({"rainy": rainy_dir} if rainy_dir is not None else {})}
-        check_not_input(out_dir, list(folders.values()), "--out")
+        inputs = list(folders.values())
         names, load = _folder_source(folders)
+    with OutputFolder(out_dir, tool="analyze", overwrite=overwrite, inputs=inputs) as out:
+        out.claim(["per_image.csv", "summary.md", "improvement.png"])
+        return _analyze(names, load, protocol, hardest, progress, out)
+
+
+def _analyze(
+    names: Sequence[str],
+    load: Callable[[str], Loaded],
+    protocol: str,
+    hardest: int,
+    progress: bool,
+    out: OutputFolder,
+) -> Analysis:
     results = []
     for name in tqdm(names, desc=f"analyze ({protocol})", unit="image", disable=not progress):
         loaded = load(name)
@@ -491,12 +509,13 @@ def analyze(
             )
         )
     analysis = summarize(protocol, results)
-    write_per_image_csv(os.path.join(out_dir, "per_image.csv"), analysis)
-    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        handle.write(format_summary(analysis) + "\n")
-    plot_improvement(os.path.join(out_dir, "improvement.png"), analysis)
-    for result in sorted(results, key=lambda item: item.baseline_psnr)[:hardest]:
+    hardest_results = sorted(results, key=lambda item: item.baseline_psnr)[:hardest]
+    out.claim(f"hardest/{_output_name(result.name)}" for result in hardest_results)
+    out.write_text("per_image.csv", per_image_csv(analysis))
+    out.write_text("summary.md", format_summary(analysis) + "\n")
+    out.write("improvement.png", improvement_png(analysis))
+    for result in hardest_results:
         loaded = load(result.name)
         picture = overlay(loaded[0], _maps(loaded[0], protocol), _rain_region(loaded, protocol), result, protocol)
-        write_image(os.path.join(out_dir, "hardest", _output_name(result.name)), picture)
+        out.write_image(f"hardest/{_output_name(result.name)}", picture)
     return analysis

@@ -6,6 +6,7 @@ names it.
 """
 
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,14 +24,13 @@ from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.data.dataset_check import check_identity
 from erl_plugin.data.derain_dataset import DerainPairedDataset
 from erl_plugin.data.layouts import detect_layout
-from erl_plugin.data.lmdb_writer import write_image
 from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.validation import first_validation_phase
 from erl_plugin.utils.checkpoint import load_fitting, load_weights
-from erl_plugin.utils.outputs import check_not_input
+from erl_plugin.utils.outputs import OutputFolder
 
 PROTOCOL = "basicsr"
 PROTOCOL_DESCRIPTION = "BasicSR Y-channel PSNR/SSIM, crop_border=0"
@@ -185,20 +185,20 @@ def side_by_side(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], wi
     return np.vstack([header, *tiles])
 
 
-def write_scores_csv(path: str, names: Sequence[str], columns: dict[str, Sequence[Score]]) -> None:
-    """Per-image scores, one column pair per version, with the protocol in every header."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        header = ["image"]
-        for version in columns:
-            header += [f"{version} PSNR ({PROTOCOL})", f"{version} SSIM ({PROTOCOL})"]
-        writer.writerow(header)
-        for index, name in enumerate(names):
-            row: list[str | float] = [name]
-            for scores in columns.values():
-                row += [f"{scores[index].psnr:.4f}", f"{scores[index].ssim:.4f}"]
-            writer.writerow(row)
+def scores_csv(names: Sequence[str], columns: dict[str, Sequence[Score]]) -> str:
+    """Per-image scores as CSV text, one column pair per version, with the protocol in every header."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    header = ["image"]
+    for version in columns:
+        header += [f"{version} PSNR ({PROTOCOL})", f"{version} SSIM ({PROTOCOL})"]
+    writer.writerow(header)
+    for index, name in enumerate(names):
+        row: list[str | float] = [name]
+        for scores in columns.values():
+            row += [f"{scores[index].psnr:.4f}", f"{scores[index].ssim:.4f}"]
+        writer.writerow(row)
+    return text.getvalue()
 
 
 def format_table(title: str, means: dict[str, Score], scored: Mapping[str, str] | None = None) -> str:
@@ -219,7 +219,12 @@ def format_table(title: str, means: dict[str, Score], scored: Mapping[str, str] 
 
 
 def evaluate(
-    models: Sequence[tuple[str, str, str]], data_dir: str, out_dir: str, show: int = 4, layout: str | None = None
+    models: Sequence[tuple[str, str, str]],
+    data_dir: str,
+    out_dir: str,
+    show: int = 4,
+    layout: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Score]:
     """Derain every pair of a test folder with each model and compare with the input.
 
@@ -230,13 +235,23 @@ def evaluate(
         out_dir: Receives ``scores.csv`` (per image), ``summary.md`` (the table) and
             ``comparison.png`` (rainy | each model | clean, for ``show`` images spread over the set).
         layout: One of :data:`erl_plugin.data.layouts.LAYOUTS`; default: detected.
+        overwrite: Replace those three files when an earlier run wrote them (:class:`OutputFolder`).
 
     Returns:
         Mean scores for ``"rainy input"`` and each label.
     """
-    check_not_input(
-        out_dir, [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))], "--out"
-    )
+    inputs = [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))]
+    with OutputFolder(out_dir, tool="evaluate", overwrite=overwrite, inputs=inputs) as out:
+        out.claim(EVALUATION_FILES)
+        return _evaluate(models, data_dir, out, show, layout)
+
+
+EVALUATION_FILES = ("scores.csv", "summary.md", "comparison.png")
+
+
+def _evaluate(
+    models: Sequence[tuple[str, str, str]], data_dir: str, out: OutputFolder, show: int, layout: str | None
+) -> dict[str, Score]:
     loaded = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
     nets = {label: network.net for label, network in loaded.items()}
     section = dataset_section(data_dir, layout)
@@ -253,12 +268,12 @@ def evaluate(
             scores[label].append(score(output, clean))
         if index in shown:
             rows.append((rainy, *outputs.values(), clean))
-    write_scores_csv(os.path.join(out_dir, "scores.csv"), names, scores)
-    write_image(os.path.join(out_dir, "comparison.png"), side_by_side(rows, ["rainy", *nets, "clean"]))
+    out.write_text("scores.csv", scores_csv(names, scores))
+    out.write_image("comparison.png", side_by_side(rows, ["rainy", *nets, "clean"]))
     means = {"rainy input": mean_score(scores["rainy"]), **{label: mean_score(scores[label]) for label in nets}}
-    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as handle:
-        title = f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})"
-        handle.write(format_table(title, means, {label: network.scored for label, network in loaded.items()}) + "\n")
+    title = f"{data_dir} ({count} pairs, layout {section.get('layout', 'lmdb')})"
+    scored = {label: network.scored for label, network in loaded.items()}
+    out.write_text("summary.md", format_table(title, means, scored) + "\n")
     return means
 
 

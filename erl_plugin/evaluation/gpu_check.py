@@ -67,6 +67,7 @@ from erl_plugin.evaluation.benchmark import (
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics import psnr
 from erl_plugin.models import DerainModel, ERLModel
+from erl_plugin.utils.outputs import write_text
 from erl_plugin.utils.speed import prepare_network, resolve_precision
 
 RTOL = 1e-4
@@ -549,7 +550,7 @@ def distributed_units(plan: Plan, folder: Path) -> list[Unit]:
         shutil.rmtree(experiment, ignore_errors=True)  # an earlier check's, which BasicSR would archive
         folder.mkdir(parents=True, exist_ok=True)
         opt = ddp_options(plan, name, *write_val_lmdb(plan, folder / "val"))
-        options.write_text(yaml.safe_dump(opt, sort_keys=False), encoding="utf-8")
+        write_text(options, yaml.safe_dump(opt, sort_keys=False))
         code, log = _run_logged(torchrun_command(plan, options), folder, env, folder / "train.log")
         stages = STAGE_LINE.findall(log)
         models = experiment / "models"
@@ -866,8 +867,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _write(out_dir: Path, result: dict[str, Any]) -> None:
-    (out_dir / "gpu_check.json").write_text(json.dumps(result, indent=2, default=float) + "\n", encoding="utf-8")
-    (out_dir / "gpu_check.md").write_text(markdown(result), encoding="utf-8")
+    write_text(out_dir / "gpu_check.json", json.dumps(result, indent=2, default=float) + "\n")
+    write_text(out_dir / "gpu_check.md", markdown(result))
 
 
 def run_gpu_check(

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
-from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_image
-from erl_plugin.utils.outputs import check_not_input
+from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
+from erl_plugin.data.lmdb_writer import ImageFileError, read_image
+from erl_plugin.utils.outputs import OutputFolder
 from erl_plugin.utils.speed import (
     PRECISIONS,
     autocast,
@@ -224,7 +224,8 @@ def derain_tiled(
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Expand inputs into image files: files as given, folders to their images (sorted, not recursive).
 
-    A folder contributes the files whose extension is one of :data:`IMAGE_EXTENSIONS` (any case).
+    A folder contributes the files whose extension is one of :data:`IMAGE_EXTENSIONS` (any case), as
+    :func:`~erl_plugin.data.layouts.scan_images` lists them without subfolders.
 
     Raises:
         FileNotFoundError: If an input does not exist.
@@ -233,7 +234,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.is_file() and is_image_name(p.name))
+            files += [item / name for name in scan_images(item, recursive=False) if (item / name).is_file()]
         elif item.is_file():
             files.append(item)
         else:
@@ -285,6 +286,7 @@ def derain_paths(
     compile: bool | dict | None = None,
     side_by_side: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DerainReport:
     """Derain image files and folders into ``out_dir``, each under its own file name and format.
 
@@ -306,26 +308,28 @@ def derain_paths(
             :data:`~erl_plugin.utils.speed.COMPILE_KEYS`); where unavailable it warns and runs eagerly.
         side_by_side: Also write ``<stem>_compare.png`` (rainy | derained, 8-bit).
         progress: Show a progress bar.
+        overwrite: Replace outputs an earlier run wrote into ``out_dir`` (never a file of the user's there;
+            see :class:`~erl_plugin.utils.outputs.OutputFolder`).
 
     Returns:
         The files written and skipped, and the device and precision actually used.
     """
     _check_tiling(tile, overlap)
     dtype = resolve_precision(precision, device)
-    check_not_input(out_dir, inputs, "output folder")
-    plan = _plan(collect_images(inputs), Path(out_dir), side_by_side)
-    compile_options = check_compile(compile)
-    net = prepare_network(net, torch.device(device), channels_last, compile_options)
-    report = DerainReport(device=str(device), precision=precision if dtype is not None else "fp32")
-    for source, output, compare in tqdm(plan, desc="derain", unit="image", disable=not progress):
-        try:
-            image = read_image(source)
-            result = derain_tiled(net, image, tile, overlap, device, dtype, channels_last)
-        except (ImageFileError, UnsupportedImageError) as error:
-            report.skipped.append((source, str(error)))
-            continue
-        write_image(str(output), result)
-        report.written.append(output)
-        if compare is not None:
-            write_image(str(compare), cv2.hconcat([_preview(image), _preview(result)]))
+    with OutputFolder(out_dir, tool="derain", overwrite=overwrite, inputs=inputs) as out:
+        plan = _plan(collect_images(inputs), Path(out_dir), side_by_side)
+        out.claim(output.name for _, *outputs in plan for output in outputs if output is not None)
+        compile_options = check_compile(compile)
+        net = prepare_network(net, torch.device(device), channels_last, compile_options)
+        report = DerainReport(device=str(device), precision=precision if dtype is not None else "fp32")
+        for source, output, compare in tqdm(plan, desc="derain", unit="image", disable=not progress):
+            try:
+                image = read_image(source)
+                result = derain_tiled(net, image, tile, overlap, device, dtype, channels_last)
+            except (ImageFileError, UnsupportedImageError) as error:
+                report.skipped.append((source, str(error)))
+                continue
+            report.written.append(out.write_image(output.name, result))
+            if compare is not None:
+                out.write_image(compare.name, cv2.hconcat([_preview(image), _preview(result)]))
     return report

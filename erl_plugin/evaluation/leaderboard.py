@@ -15,11 +15,12 @@ Example:
     >>> models = read_models("models.yml")
     >>> test_sets = read_test_sets("testsets.yml")
     >>> rows = run_leaderboard(models, test_sets, ("basicsr", "paper"))
-    >>> write_leaderboard("results/leaderboard", rows, ("basicsr", "paper"), matrix=True)
+    >>> with OutputFolder("results/leaderboard", tool="leaderboard") as out:
+    ...     write_leaderboard(out, rows, ("basicsr", "paper"), matrix=True)
 """
 
 import csv
-import os
+import io
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from erl_plugin.engine.options import load_yaml
 from erl_plugin.evaluation.benchmark import device_name
 from erl_plugin.evaluation.evaluate import dataset_section, derain, load_network, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, psnr, ssim
+from erl_plugin.utils.outputs import OutputFolder
 
 COMPLEXITY_SHAPE = (1, 3, 320, 320)
 MEASURED = "measured"
@@ -339,19 +341,20 @@ def _ordered(rows: Sequence[Row]) -> list[Row]:
     return sorted(rows, key=lambda row: (order[row.test_set], row.source != MEASURED))
 
 
-def write_leaderboard_csv(path: str, rows: Sequence[Row], protocols: Sequence[str]) -> None:
-    """The rows as CSV: scores to 4 decimals (reported ones to 2/3, as published), ``device`` as a column."""
+def leaderboard_csv(rows: Sequence[Row], protocols: Sequence[str]) -> str:
+    """The rows as CSV text: scores to 4 decimals (reported ones to 2/3, as published), ``device`` a column."""
     columns = _protocol_columns(rows, protocols)
     header = [*ROW_COLUMNS, *_score_columns(columns), "params", _cost_columns()[1], "ms/image", "device"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in _ordered(rows):
-            measured = row.source == MEASURED
-            cells = [row.model, row.network or "", row.trained_on or "", row.test_set, row.images or "", row.source]
-            cells += _cells(row, columns, 4, 4)
-            cells += [row.params, f"{row.flops / 1e9:.4f}", f"{row.ms_per_image:.3f}"] if measured else ["", "", ""]
-            writer.writerow([*cells, row.device or ""])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in _ordered(rows):
+        measured = row.source == MEASURED
+        cells = [row.model, row.network or "", row.trained_on or "", row.test_set, row.images or "", row.source]
+        cells += _cells(row, columns, 4, 4)
+        cells += [row.params, f"{row.flops / 1e9:.4f}", f"{row.ms_per_image:.3f}"] if measured else ["", "", ""]
+        writer.writerow([*cells, row.device or ""])
+    return text.getvalue()
 
 
 def matrix_cells(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], list[str], dict[tuple[str, str], Row]]:
@@ -378,36 +381,35 @@ def matrix_markdown(rows: Sequence[Row], protocol: str) -> str:
     return "\n".join(lines)
 
 
-def write_matrix_csv(path: str, rows: Sequence[Row], protocol: str) -> None:
-    """The matrix as CSV: one PSNR and one SSIM column per test set, to 4 decimals."""
+def matrix_csv(rows: Sequence[Row], protocol: str) -> str:
+    """The matrix as CSV text: one PSNR and one SSIM column per test set, to 4 decimals."""
     models, test_sets, cells = matrix_cells(rows)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["trained on", "model", *[f"{t} {m} ({protocol})" for t in test_sets for m in ("PSNR", "SSIM")]]
-        )
-        for trained_on, model in models:
-            values: list[Any] = [trained_on, model]
-            for test_set in test_sets:
-                row = cells.get((model, test_set))
-                values += [f"{row.psnr[protocol]:.4f}", f"{row.ssim[protocol]:.4f}"] if row else ["", ""]
-            writer.writerow(values)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["trained on", "model", *[f"{t} {m} ({protocol})" for t in test_sets for m in ("PSNR", "SSIM")]])
+    for trained_on, model in models:
+        values: list[Any] = [trained_on, model]
+        for test_set in test_sets:
+            row = cells.get((model, test_set))
+            values += [f"{row.psnr[protocol]:.4f}", f"{row.ssim[protocol]:.4f}"] if row else ["", ""]
+        writer.writerow(values)
+    return text.getvalue()
 
 
-def write_leaderboard(out_dir: str, rows: Sequence[Row], protocols: Sequence[str], matrix: bool = False) -> list[str]:
-    """Write ``leaderboard.md``/``.csv`` (and ``matrix.md``/``.csv`` under the first protocol) into ``out_dir``.
+def leaderboard_files(matrix: bool = False) -> tuple[str, ...]:
+    """The names :func:`write_leaderboard` writes."""
+    return ("leaderboard.md", "leaderboard.csv", *(("matrix.md", "matrix.csv") if matrix else ()))
+
+
+def write_leaderboard(
+    out: OutputFolder, rows: Sequence[Row], protocols: Sequence[str], matrix: bool = False
+) -> list[str]:
+    """Write ``leaderboard.md``/``.csv`` (and ``matrix.md``/``.csv`` under the first protocol) into ``out``.
 
     Returns:
         The paths written.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, name) for name in ("leaderboard.md", "leaderboard.csv")]
-    with open(paths[0], "w", encoding="utf-8") as handle:
-        handle.write(leaderboard_markdown(rows, protocols) + "\n")
-    write_leaderboard_csv(paths[1], rows, protocols)
+    texts = [leaderboard_markdown(rows, protocols) + "\n", leaderboard_csv(rows, protocols)]
     if matrix:
-        paths += [os.path.join(out_dir, name) for name in ("matrix.md", "matrix.csv")]
-        with open(paths[2], "w", encoding="utf-8") as handle:
-            handle.write(matrix_markdown(rows, protocols[0]) + "\n")
-        write_matrix_csv(paths[3], rows, protocols[0])
-    return paths
+        texts += [matrix_markdown(rows, protocols[0]) + "\n", matrix_csv(rows, protocols[0])]
+    return [str(out.write_text(name, text)) for name, text in zip(leaderboard_files(matrix), texts, strict=True)]

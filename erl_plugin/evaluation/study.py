@@ -37,6 +37,7 @@ and a plot of validation PSNR against iteration for every run.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -64,8 +65,9 @@ from erl_plugin.engine.options import (
     scale_iterations,
 )
 from erl_plugin.models.schedulers import STOP_EVENT
-from erl_plugin.utils.checkpoint import atomic_write_bytes, atomic_write_text, checkpoint_iterations
-from erl_plugin.utils.outputs import check_not_input, output_lock
+from erl_plugin.utils.checkpoint import checkpoint_iterations
+from erl_plugin.utils.outputs import check_not_input, open_log, output_lock, write_file, write_text
+from erl_plugin.utils.resume import first_difference
 
 PROTOCOL = "basicsr"
 BOOTSTRAP_SAMPLES = 10000
@@ -283,7 +285,7 @@ def banked_path(out: Path, run: str, seed: int) -> Path:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=1) + "\n")
+    write_text(path, json.dumps(value, indent=1) + "\n")
 
 
 def run_options(study: Study, run: RunSpec, seed: int, out: Path) -> tuple[dict[str, Any], float]:
@@ -319,20 +321,18 @@ def train(study: Study, run: RunSpec, seed: int, out: Path) -> dict[str, Any]:
     """Train one run to its end (resuming an interrupted one); returns its options and timing."""
     opt, factor = run_options(study, run, seed, out)
     options_file = out / "options" / f"{run.name}_s{seed}.yml"
-    options_file.parent.mkdir(parents=True, exist_ok=True)
-    options_file.write_text(
+    write_text(
+        options_file,
         f"# {run.options}, study {study.path}, run {run.name}, seed {seed}, iterations x{factor:.4g}\n"
         + yaml.safe_dump(opt, sort_keys=False),
-        encoding="utf-8",
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(study.threads), MKL_NUM_THREADS=str(study.threads))
     env.pop(ITERS_SCALE_ENV, None)  # the options file holds the study's scale already
     log_file = out / "logs" / f"{run.name}_s{seed}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "erl_plugin.train", "-opt", str(options_file), "--auto_resume"]
     unpark(out, opt["name"])
     started = time.time()
-    with open(log_file, "a", encoding="utf-8") as handle:
+    with open_log(log_file) as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, whatever else runs
     returncode = os.waitstatus_to_exitcode(status)
@@ -472,8 +472,7 @@ def complete_run(study: Study, run: RunSpec, seed: int, out: Path) -> None:
         checkpoint = os.path.join(record["experiment"], "models", run.checkpoint)
     if run.trained:
         bank = banked_path(out, run.name, seed)
-        bank.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(Path(checkpoint).read_bytes(), str(bank))
+        write_file(bank, Path(checkpoint).read_bytes())
         record["banked"] = str(bank)
     record.update(run=run.name, label=run.label, seed=seed, checkpoint=checkpoint)
     record["scores"] = score_sets(study, record["options_file"], checkpoint) if run.score else {}
@@ -504,9 +503,33 @@ def claim_folder(study: Study, out: Path, record: bool = True) -> None:
                 f"{out} holds study {recorded['study']!r} at iters_scale {recorded['iters_scale']}, not "
                 f"{study.name!r} at {study.iters_scale}: give another --out, or delete {out} to start over"
             )
+        check_finished_runs(study, out)
         return
     if record:
         _write_json(marker, current)
+
+
+def check_finished_runs(study: Study, out: Path) -> None:
+    """Refuse a study folder whose finished runs were trained with other options than this study gives them
+    (another study file of the same name, or an edited one): their results would be reported as this one's.
+
+    Raises:
+        StudyError: Naming the run, the seed and the first option that differs.
+    """
+    for name, run in study.runs.items():
+        for seed in run.seeds if run.trained else ():
+            path = result_path(out, name, seed)
+            recorded = json.loads(path.read_text()).get("options") if path.is_file() else None
+            if recorded is None:
+                continue
+            wanted = json.loads(json.dumps(run_options(study, run, seed, out)[0]))
+            found = first_difference(recorded, wanted)
+            if found is not None:
+                key, before, now = found
+                raise StudyError(
+                    f"{path}: run {name!r} seed {seed} was trained with {key}: {before!r}, but {study.path} gives "
+                    f"{key}: {now!r}; use another --out (or study name) for these runs, or delete {path} to retrain"
+                )
 
 
 def run_study(study: Study, out: Path, jobs: int | None = None, log: Callable[[str], None] = print) -> None:
@@ -894,8 +917,10 @@ def plot_validation(study: Study, out: Path, path: Path) -> None:
     sets = sorted({r["dataset"] for runs in results.values() for result in runs.values() for r in result["validation"]})
     figure.suptitle(f"study {study.name}: PSNR during training on {', '.join(sets) or '-'}", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
+    write_file(path, image.getbuffer())
 
 
 def machine_description() -> str:
@@ -934,8 +959,8 @@ def write_report(study: Study, out: Path) -> tuple[Path, dict[str, Any]]:
     _write_json(out / "report.json", {"study": study.path, "machine": machine, **summary})
     plot_validation(study, out, out / "validation.png")
     report = out / "report.md"
-    report.write_text(
+    write_text(
+        report,
         format_report(study, summary, machine, load_results(study, out)) + "\n![validation PSNR](validation.png)\n",
-        encoding="utf-8",
     )
     return report, summary

@@ -46,7 +46,8 @@ from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.stages import Stage, parse_stages
 from erl_plugin.models.validation import first_validation_phase
-from erl_plugin.utils.checkpoint import atomic_save, atomic_write_text
+from erl_plugin.utils.checkpoint import atomic_save
+from erl_plugin.utils.outputs import write_text
 from erl_plugin.utils.resume import ResumeError
 from erl_plugin.utils.speed import autocast
 
@@ -274,7 +275,7 @@ class ERLModel(DerainModel):
         logger.info(headroom.report())
         root = self.opt["path"].get("experiments_root")
         if root:
-            atomic_write_text(os.path.join(root, "headroom.json"), json.dumps(headroom.as_dict(), indent=1) + "\n")
+            write_text(os.path.join(root, "headroom.json"), json.dumps(headroom.as_dict(), indent=1) + "\n")
         return headroom
 
     def _set_feature_weight(self, measured: float | None) -> None:

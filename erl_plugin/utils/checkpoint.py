@@ -1,11 +1,13 @@
 """Checkpoint files that a kill cannot leave half-written, and loading that cannot run code.
 
-:func:`atomic_save` writes to ``<path>.tmp``, fsyncs it, renames it over ``path`` and fsyncs the
-folder: a reader sees the old file or the new one, never a partial one. It returns the SHA-256 of
-the bytes written, which training states record so that resume can check the network files they
-point to. :func:`safe_load` is the one way the plugin reads a ``.pth`` or ``.state`` file:
-``torch.load(weights_only=True)`` with a short allow-list, and a :class:`CheckpointError` naming
-the file when it is truncated, corrupt, or needs arbitrary unpickling.
+:func:`atomic_save` writes through :func:`erl_plugin.utils.outputs.write_file` (a fsynced temporary
+file renamed into place, never through a link): a reader sees the old file or the new one, never a
+partial one. It returns the SHA-256 of the bytes written, which training states record so that resume
+can check the network files they point to. :func:`safe_load` is the one way the plugin reads a
+``.pth`` or ``.state`` file: ``torch.load(weights_only=True)`` with a short allow-list, and a
+:class:`CheckpointError` naming the file when it is truncated, corrupt, needs arbitrary unpickling,
+or holds a NaN or infinite weight (every network, training state and pretrained file is loaded
+through it, so no tool and no training run starts from such weights).
 """
 
 import collections
@@ -13,60 +15,28 @@ import hashlib
 import io
 import os
 import pickle
-import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from erl_plugin.utils.outputs import write_file
+
 SAFE_GLOBALS: tuple[type, ...] = (collections.Counter,)
 """Types beyond torch's own weights-only set that training states hold (``MultiStepRestartLR`` milestones)."""
-
-TMP_SUFFIX = ".tmp"
-_NETWORK_FILE = re.compile(r"^net_\w+?_(\d+)\.pth$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, or not plain weights."""
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders; the rename is then as durable as they allow
-        return
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def atomic_save(obj: Any, path: str) -> str:
-    """``torch.save`` ``obj`` to ``path`` through a fsynced temporary file; return the SHA-256 of the bytes."""
+    """``torch.save`` ``obj`` to ``path`` through :func:`write_file`; return the SHA-256 of the bytes."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    return atomic_write_bytes(buffer.getbuffer(), path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> str:
-    """Write ``text`` (UTF-8) to ``path`` as :func:`atomic_write_bytes` does; the folder is created."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return atomic_write_bytes(text.encode("utf-8"), str(path))
-
-
-def atomic_write_bytes(data: bytes | memoryview, path: str) -> str:
-    """Write ``data`` to ``path`` through a fsynced temporary file renamed over it (a reader sees the old
-    file or the new one, never a part); return the SHA-256 of the bytes."""
-    tmp = f"{path}{TMP_SUFFIX}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return hashlib.sha256(data).hexdigest()
+    return write_file(path, buffer.getbuffer())
 
 
 def file_digest(path: str) -> str:
@@ -97,14 +67,15 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
         what: What the file is, for messages.
 
     Raises:
-        CheckpointError: naming the file, when it is missing, truncated or corrupt, or holds objects
-            that only arbitrary unpickling could rebuild (such files are refused, never executed).
+        CheckpointError: naming the file, when it is missing, truncated or corrupt, holds objects
+            that only arbitrary unpickling could rebuild (such files are refused, never executed), or
+            holds a floating-point tensor with a NaN or infinite value (named by its key).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} {path}: no such file")
     try:
         with _allow_safe_globals():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
@@ -115,6 +86,38 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path}: corrupt ({first.strip()})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({type(error).__name__}: {error})") from None
+    bad = first_nonfinite(loaded)
+    if bad is not None:
+        key, tensor = bad
+        nan = int(torch.isnan(tensor).sum())
+        raise CheckpointError(
+            f"{what} {path}: tensor {key} holds {nan} NaN and {int((~torch.isfinite(tensor)).sum()) - nan} infinite "
+            f"value(s) of {tensor.numel()}: the weights are unusable (training diverged, or the file was damaged); "
+            "use an earlier checkpoint"
+        )
+    return loaded
+
+
+def first_nonfinite(tree: Any, prefix: str = "") -> tuple[str, torch.Tensor] | None:
+    """The first floating-point (or complex) tensor in ``tree`` holding a NaN or an infinity, with its key.
+
+    Mappings, lists and tuples are searched in order; the key joins the keys and indices on the way
+    with ``.`` (``params.conv_first.weight``, ``optimizers.0.state.3.exp_avg``).
+    """
+    if isinstance(tree, torch.Tensor):
+        inexact = tree.is_floating_point() or tree.is_complex()
+        return (prefix, tree) if inexact and not bool(torch.isfinite(tree).all()) else None
+    if isinstance(tree, dict):
+        items: Iterable[tuple[Any, Any]] = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return None
+    for key, value in items:
+        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_weights(path: str, param_key: str | None = "params", what: str = "network") -> dict[str, Any]:
@@ -178,19 +181,32 @@ def checkpoint_iterations(state_dir: str) -> list[int]:
 
 
 def prune_checkpoints(state_dir: str, models_dir: str, keep_last: int) -> list[str]:
-    """Delete all but the newest ``keep_last`` training states and their ``net_*_<iter>.pth`` files.
+    """Delete all but the newest ``keep_last`` training states and the network files each one recorded.
 
-    Files of other names (``net_g_latest.pth``, ``net_g_stage1.pth``, ``memd_stage1.pth``) are kept.
-    Returns the deleted paths.
+    Only what the training wrote is deleted: a state that does not load as one, and a network file that
+    its state does not list or whose bytes no longer match the recorded checksum, are kept, whatever
+    their names. Other files (``net_g_latest.pth``, ``net_g_stage1.pth``, ``memd_stage1.pth``) are never
+    candidates. Returns the deleted paths.
     """
-    old = set(checkpoint_iterations(state_dir)[keep_last:])
-    if not old:
-        return []
-    deleted = [os.path.join(state_dir, f"{it}.state") for it in sorted(old)]
-    for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
-        match = _NETWORK_FILE.match(name)
-        if match and int(match.group(1)) in old:
-            deleted.append(os.path.join(models_dir, name))
-    for path in deleted:  # states first: a state never outlives the networks it names
-        os.remove(path)
+    deleted = []
+    for iteration in sorted(checkpoint_iterations(state_dir)[keep_last:]):
+        path = os.path.join(state_dir, f"{iteration}.state")
+        try:
+            state = safe_load(path, "training state")
+        except CheckpointError:
+            continue
+        files = state.get("files") if isinstance(state, dict) else None
+        if not isinstance(files, dict):
+            continue
+        networks = [
+            network
+            for name, digest in sorted(files.items())
+            if os.path.basename(name) == name
+            and os.path.isfile(network := os.path.join(models_dir, name))
+            and not os.path.islink(network)
+            and file_digest(network) == digest
+        ]
+        for victim in (path, *networks):  # the state first: a state never outlives the networks it names
+            os.remove(victim)
+            deleted.append(victim)
     return deleted

@@ -203,6 +203,7 @@ class ResumableSampler(EnlargedSampler):
 
 _pending_state: dict[str, Any] | None = None
 _train_sampler: ResumableSampler | None = None
+_run_fingerprint: dict[str, Any] | None = None  # taken before BasicSR pops types out of the option sections
 
 
 def create_train_val_dataloader(opt: dict[str, Any], logger: Any) -> tuple:
@@ -274,9 +275,47 @@ def _plain(value: Any) -> Any:
     return value
 
 
+STATE_HELD = (
+    "manual_seed",
+    "train.scheduler",
+    "train.stage_options",
+    "train.teacher_mode",
+    "train.teacher_init",
+    "train.balance_feature_loss",
+)
+"""Options whose values a resumed run takes from the training state (optimizer and scheduler states, RNG
+streams), not from the options; with every ``train.optim_*``, ``model_type`` and ``network_*`` they must
+be what wrote the state. (The stages are the model's to check: ``ERLModel.check_resume_state``.)"""
+
+FINGERPRINT_VERSION = 2  # version 1 (no "version" entry) recorded model_type and network_* only
+
+
+def _option(opt: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = opt
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
 def options_fingerprint(opt: Mapping[str, Any]) -> dict[str, Any]:
-    """What a training state must agree with to be resumed: the model type and every ``network_*``."""
-    return _plain({key: opt[key] for key in sorted(opt) if key == "model_type" or key.startswith("network_")})
+    """What a training state must agree with to be resumed: the model type, every ``network_*``, every
+    ``train.optim_*`` and :data:`STATE_HELD` (absent ones as None)."""
+    train = opt.get("train") or {}
+    held = [*STATE_HELD, *(f"train.{key}" for key in train if key.startswith("optim_"))]
+    fingerprint = {key: opt[key] for key in sorted(opt) if key == "model_type" or key.startswith("network_")}
+    fingerprint.update({key: _option(opt, key) for key in sorted(held)})
+    return _plain({"version": FINGERPRINT_VERSION, **fingerprint})
+
+
+def first_difference(recorded: Any, current: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first ``(dotted key, recorded value, current value)`` where two option trees differ, or None."""
+    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
+        for key in sorted(set(recorded) | set(current), key=str):
+            found = first_difference(recorded.get(key), current.get(key), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    return None if recorded == current else (where, recorded, current)
 
 
 def write_training_state(model: Any, epoch: int, current_iter: int, extra: Mapping[str, Any] | None = None) -> None:
@@ -302,7 +341,7 @@ def write_training_state(model: Any, epoch: int, current_iter: int, extra: Mappi
         "schedulers": [scheduler.state_dict() for scheduler in model.schedulers],
         "rng": rng,
         "data": _train_sampler.position(epoch, current_iter) if _train_sampler is not None else None,
-        "options": options_fingerprint(opt),
+        "options": _run_fingerprint if _run_fingerprint is not None else options_fingerprint(opt),
         "files": files,
         **dict(extra or {}),
     }
@@ -334,6 +373,7 @@ def _load_checked(path: str, opt: Mapping[str, Any]) -> dict[str, Any]:
                     f"training state {path}: {network} does not match the checksum recorded with it "
                     "(partial, corrupt or overwritten)"
                 )
+            safe_load(network, "network")  # non-finite weights are refused here, before BasicSR loads them
         return state
     ignored = opt["path"].get("ignore_resume_networks") or []
     for key in opt:
@@ -372,12 +412,23 @@ def check_compatible(opt: Mapping[str, Any], state: Mapping[str, Any], path: str
         _check_networks_fit(opt, state, path)
     else:
         current = options_fingerprint(opt)
-        for key in sorted(set(recorded) | set(current)):
-            if recorded.get(key) != current.get(key):
-                raise ResumeError(
-                    f"{path}: written by options with {key}: {recorded.get(key)!r}, but these give {key}: "
-                    f"{current.get(key)!r}; resume with the options that wrote it, or train under a new name"
-                )
+        if recorded.get("version") != FINGERPRINT_VERSION:  # version 1 recorded fewer keys
+            current = {
+                key: value
+                for key, value in current.items()
+                if key == "model_type" or key in recorded or key.startswith("network_")
+            }
+            recorded = {key: value for key, value in recorded.items() if key != "version"}
+            current.pop("version", None)
+        found = first_difference(recorded, current)
+        if found is not None:
+            key, before, now = found
+            raise ResumeError(
+                f"{path}: written by options with {key}: {before!r}, but these give {key}: {now!r}; a resumed run "
+                "takes the optimizer, schedule, random streams and stage from its state, so the change would not "
+                "apply. Resume with the options that wrote it, or start a new run from its latest weights "
+                "(another name, path.pretrain_network_g: <experiment>/models/net_g_latest.pth)"
+            )
     check = getattr(MODEL_REGISTRY.get(opt["model_type"]), "check_resume_state", None)
     if check is not None:
         check(opt, state, path)
@@ -394,7 +445,8 @@ def load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
     Raises:
         ResumeError: before any file is written, naming the state and the reason.
     """
-    global _pending_state
+    global _pending_state, _run_fingerprint
+    _run_fingerprint = options_fingerprint(opt)
     state_dir = opt["path"]["training_states"]
     if opt["auto_resume"]:
         iterations = checkpoint_iterations(state_dir)

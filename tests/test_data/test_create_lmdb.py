@@ -1,7 +1,9 @@
 """Converting each data set layout into LMDBs (erl_plugin.data.convert, tools/create_lmdb.py)."""
 
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -362,23 +364,42 @@ def test_overwrite_onto_the_source_or_around_it_is_refused_and_loses_nothing(
     assert _checksums(tmp_path) == before
 
 
+def _lock(pid: int, *creates: str) -> str:
+    """What a run of this project writes into ``<out>.lock``."""
+    return json.dumps({"owner": "erl_plugin", "pid": pid, "host": socket.gethostname(), "creates": list(creates)})
+
+
 def test_a_concurrent_run_is_refused_and_an_interrupted_runs_leftovers_are_removed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Only the names the dead run recorded in its lock are removed; look-alike folders of the user's stay."""
     main = _tool_main()
     layout, src, _ = _build("raindrop", tmp_path)
     dst = tmp_path / "dst"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "dst.lock").write_text(f"{sleeper.pid}\n")  # a live run holds the output
+        (tmp_path / "dst.lock").write_text(_lock(sleeper.pid))  # a live run holds the output
         assert main(["--layout", layout, str(src), str(dst), "--no-progress"]) == 2
-        assert f"another run (pid {sleeper.pid}) is writing {dst}" in capsys.readouterr().err
+        assert f"another run (pid {sleeper.pid} on {socket.gethostname()}) is writing {dst}" in capsys.readouterr().err
     finally:
         sleeper.kill()
         sleeper.wait()
-    (tmp_path / f"dst.tmp-{sleeper.pid}").mkdir()  # what a killed run leaves
+    (tmp_path / "dst.lock").write_text(_lock(sleeper.pid, f"dst.tmp-{sleeper.pid}", f"dst.old-{sleeper.pid}"))
+    (tmp_path / f"dst.tmp-{sleeper.pid}").mkdir()  # what the killed run left
+    for users in ("dst.old-2024", "dst.tmp-31337"):  # the user's, named like leftovers
+        (tmp_path / users).mkdir()
+        (tmp_path / users / "notes.txt").write_text("mine")
     assert main(["--layout", layout, str(src), str(dst), "--no-progress"]) == 0
     notes = capsys.readouterr().err
     assert f"removed {tmp_path / f'dst.tmp-{sleeper.pid}'}, left by an interrupted run" in notes
     assert "taking it over" in notes
-    assert _leftovers(tmp_path) == ["dst"] and not (tmp_path / "dst.lock").exists()
+    assert _leftovers(tmp_path) == ["dst", "dst.old-2024", "dst.tmp-31337"] and not (tmp_path / "dst.lock").exists()
+
+
+def test_a_lock_file_that_is_not_the_projects_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _tool_main()
+    layout, src, _ = _build("raindrop", tmp_path)
+    (tmp_path / "dst.lock").write_text("12345\n")
+    assert main(["--layout", layout, str(src), str(tmp_path / "dst"), "--no-progress"]) == 2
+    assert "dst.lock exists and is not a lock of this project; it is left alone" in capsys.readouterr().err
+    assert (tmp_path / "dst.lock").read_text() == "12345\n" and not (tmp_path / "dst").exists()

@@ -178,7 +178,7 @@ def test_sigkill_then_auto_resume_ends_bitwise_equal(
     assert killed.returncode == -9, f"{case} at {at}: {killed.stderr[-2000:]}"
     states = tmp_path / "experiments/killed/training_states"
     if kind == "before_rename":
-        assert list((tmp_path / "experiments/killed").rglob(f"{at}.tmp")), "the temporary file is left"
+        assert list((tmp_path / "experiments/killed").rglob(f".{at}.*.tmp")), "the temporary file is left"
         assert not list((tmp_path / "experiments/killed").rglob(at)), "the final name never appears half-written"
     resumed = train(tmp_path, opt_file, "--auto_resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -255,8 +255,13 @@ BAD_RESUMES = {
     "other_strategy": (["--set", "train.strategy=MA_C"], "written for the stages", "train.strategy 'MA_C'"),
     "other_backbone": (
         ["--set", "network_g.backbone.num_feat=8"],
-        "written by options with network_g:",
-        "'num_feat': 8",
+        "written by options with network_g.backbone.num_feat: 4, but these give network_g.backbone.num_feat: 8",
+        "the change would not apply",
+    ),
+    "other_learning_rate": (
+        ["--set", "train.optim_g.lr=1e-5"],
+        "written by options with train.optim_g.lr: 0.001, but these give train.optim_g.lr: 1e-05",
+        "start a new run from its latest weights",
     ),
     "no_stage": ([], "the training state records no stage", "ERLModel"),
     "other_architecture": ([], "net_g_9.pth does not fit network_g (ERLNet)", "tensor(s) of other shapes"),
@@ -441,24 +446,28 @@ def test_safe_load_refuses_code_and_names_broken_files(tmp_path: Path) -> None:
         safe_load(str(tmp_path / "missing.pth"))
 
 
-def test_prune_keeps_the_newest_states_and_named_networks(tmp_path: Path) -> None:
+def test_prune_deletes_only_what_the_training_wrote(tmp_path: Path) -> None:
+    """Old states and the networks they recorded go; a look-alike name, a replaced network, a file that
+    is not a state and the stage files stay."""
     states, models = tmp_path / "states", tmp_path / "models"
-    states.mkdir()
-    models.mkdir()
-    for it in (1, 2, 10, 11):
-        (states / f"{it}.state").touch()
-        (models / f"net_g_{it}.pth").touch()
-    for name in ("net_g_latest.pth", "net_g_stage1.pth", "memd_stage1.pth", "11.state.tmp"):
+    for it in (1, 2, 3, 10, 11):
+        digest = atomic_save({"params": {"w": torch.full((2,), float(it))}}, str(models / f"net_g_{it}.pth"))
+        atomic_save({"iter": it, "files": {f"net_g_{it}.pth": digest}}, str(states / f"{it}.state"))
+    (models / "net_g_3.pth").write_bytes(b"the user's own file, put in its place")
+    (states / "4.state").write_bytes(b"not a training state")
+    for name in ("net_g_latest.pth", "net_g_stage1.pth", "memd_stage1.pth", "net_t_2.pth"):
         (models / name).touch()
-    prune_checkpoints(str(states), str(models), 2)
-    assert sorted(p.name for p in states.iterdir()) == ["10.state", "11.state"]
+    deleted = prune_checkpoints(str(states), str(models), 2)
+    assert sorted(map(os.path.basename, deleted)) == ["1.state", "2.state", "3.state", "net_g_1.pth", "net_g_2.pth"]
+    assert sorted(p.name for p in states.iterdir()) == ["10.state", "11.state", "4.state"]
     assert sorted(p.name for p in models.iterdir()) == [
-        "11.state.tmp",
         "memd_stage1.pth",
         "net_g_10.pth",
         "net_g_11.pth",
+        "net_g_3.pth",
         "net_g_latest.pth",
         "net_g_stage1.pth",
+        "net_t_2.pth",
     ]
 
 

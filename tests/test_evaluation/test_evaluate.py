@@ -67,8 +67,35 @@ def test_evaluate_writes_scores_image_and_table(tmp_path: Path) -> None:
     assert format_table("t", means).splitlines()[2] == header
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     for out in ("test", ".", "test/results"):  # is, holds, lies inside the test data
-        with pytest.raises(ValueError, match="--out .* the input"):
+        with pytest.raises(ValueError, match="output folder .* the input"):
             evaluate(models, str(tmp_path / "test"), str(tmp_path / out))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_evaluate_replaces_only_its_own_files_and_never_writes_through_a_link(tmp_path: Path) -> None:
+    """A rerun needs overwrite; a user's file or a link where an output goes is refused before any work."""
+    _write_pairs(tmp_path / "test", 2)
+    torch.manual_seed(0)
+    opt = load_options(str(REPO / "options/memd_demo.yml"))
+    net = MEMD(**{k: v for k, v in opt["network_g"].items() if k != "type"})
+    torch.save({"params": net.state_dict()}, tmp_path / "net.pth")
+    models = [("MEMD", str(REPO / "options/memd_demo.yml"), str(tmp_path / "net.pth"))]
+    evaluate(models, str(tmp_path / "test"), str(tmp_path / "out"), show=1)
+    with pytest.raises(FileExistsError, match=r"\(an earlier run's\); pass --overwrite"):
+        evaluate(models, str(tmp_path / "test"), str(tmp_path / "out"), show=1)
+    evaluate(models, str(tmp_path / "test"), str(tmp_path / "out"), show=1, overwrite=True)
+
+    precious = tmp_path / "checkpoint.pth"
+    precious.write_bytes(b"weights")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/summary.md").write_text("my notes")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked/scores.csv").symlink_to(precious)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="summary.md exists and was not written by the tools"):
+        evaluate(models, str(tmp_path / "test"), str(tmp_path / "mine"), overwrite=True)
+    with pytest.raises(FileExistsError, match="scores.csv is a symbolic link"):
+        evaluate(models, str(tmp_path / "test"), str(tmp_path / "linked"), overwrite=True)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 

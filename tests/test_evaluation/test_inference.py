@@ -12,6 +12,7 @@ from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
 from erl_plugin.evaluation.inference import derain_paths, derain_tiled, resolve_precision, tiled_forward
+from erl_plugin.utils.outputs import MARKER
 
 TINY = {"num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
 
@@ -102,12 +103,38 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path: Path) -> None:
     (source / "e.png").write_bytes((source / "a.png").read_bytes()[:200])
     report = derain_paths(tiny_memd(), [source], tmp_path / "out", progress=False)
     assert sorted(path.name for path in report.written) == ["a.png", "d.png"]
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a.png", "d.png"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [MARKER, "a.png", "d.png"]
     reasons = {path.name: reason for path, reason in report.skipped}
     assert set(reasons) == {"b.png", "c.jpg", "e.png"}
     assert "empty" in reasons["b.png"] and "corrupt" in reasons["e.png"]
     assert report.summary().splitlines()[0] == "2 derained, 3 skipped (device cpu, precision fp32)"
     assert f"skipped {source / 'c.jpg'}: " in report.summary()
+
+
+def test_outputs_replace_only_the_tools_own_files_never_through_a_link(tmp_path: Path) -> None:
+    """A rerun needs --overwrite; a file of the user's, or a link, where an output goes stops the run before
+    any image is derained, and every file stays as it was."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(source / name), scene(32, 32))
+    derain_paths(tiny_memd(), [source], tmp_path / "out", progress=False)
+    with pytest.raises(FileExistsError, match="an earlier run's"):
+        derain_paths(tiny_memd(), [source], tmp_path / "out", progress=False)
+    assert len(derain_paths(tiny_memd(), [source], tmp_path / "out", progress=False, overwrite=True).written) == 2
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/a.png").write_bytes(b"the user's photo")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "precious.pth").write_bytes(b"weights")
+    (tmp_path / "linked/b.png").symlink_to(tmp_path / "precious.pth")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="a.png exists and was not written by the tools"):
+        derain_paths(tiny_memd(), [source], tmp_path / "mine", progress=False, overwrite=True)
+    with pytest.raises(FileExistsError, match="b.png is a symbolic link"):
+        derain_paths(tiny_memd(), [source], tmp_path / "linked", progress=False, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["a.png"]  # nothing written beside it
 
 
 @pytest.mark.parametrize(

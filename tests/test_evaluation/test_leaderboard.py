@@ -24,6 +24,7 @@ from erl_plugin.evaluation.leaderboard import (
 )
 from erl_plugin.evaluation.leaderboard import TestSetSpec as SetSpec
 from erl_plugin.metrics.protocols import psnr, ssim
+from erl_plugin.utils.outputs import OutputFolder
 
 TINY = {"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
 PROTOCOLS = ("basicsr", "paper")
@@ -106,7 +107,8 @@ def test_rows_equal_an_independent_computation(setup: dict[str, Path], tmp_path:
         assert row.flops > 0 and row.ms_per_image > 0 and row.device.startswith("CPU")
     assert rows[0].psnr["basicsr"] != rows[0].psnr["paper"]
 
-    paths = write_leaderboard(str(tmp_path), rows, PROTOCOLS, matrix=True)
+    with OutputFolder(tmp_path, tool="leaderboard") as out:
+        paths = write_leaderboard(out, rows, PROTOCOLS, matrix=True)
     assert [Path(p).name for p in paths] == ["leaderboard.md", "leaderboard.csv", "matrix.md", "matrix.csv"]
     table = _read_csv(tmp_path / "leaderboard.csv")
     assert len(table) == 4
@@ -140,7 +142,8 @@ def test_reported_rows_are_marked_and_match_the_yaml(tmp_path: Path) -> None:
     assert ("Restormer", "Rain100H") in expected and expected[("Restormer", "Rain100H")] == (31.46, 0.904)
     assert all(row.source.startswith("reported (") and set(row.psnr) == {"reported"} for row in rows)
 
-    write_leaderboard(str(tmp_path), rows, PROTOCOLS)
+    with OutputFolder(tmp_path, tool="leaderboard") as out:
+        write_leaderboard(out, rows, PROTOCOLS)
     table = _read_csv(tmp_path / "leaderboard.csv")
     assert len(table) == len(expected)
     for line in table:

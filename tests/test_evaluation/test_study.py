@@ -45,8 +45,13 @@ def test_the_converged_study_forks_every_phase_b_arm_from_phase_a():
     study = load_study(str(REPO / "options/study/converged.yml"))
     assert study.runs["teacher"].depends_on == ("memd",) and not study.runs["teacher"].score
     assert study.runs["erl_paper_lambda"].start_from == {"network_g": "memd", "network_t": "teacher"}
-    arms = [name for name in study.runs if name not in ("memd", "teacher")]
+    arms = [name for name in study.runs if name not in ("memd", "teacher") and not name.endswith("_r2")]
     assert all(study.runs[name].start_from["network_g"] == "memd" for name in arms)
+    # Round 2: round 1's B0 trained to a second plateau, then the teacher and every arm forked from it.
+    assert study.runs["memd_r2"].start_from == {"network_g": "memd_continued"}
+    assert study.runs["erl_balanced_r2"].start_from == {"network_g": "memd_r2", "network_t": "teacher_r2"}
+    round_2 = [name for name in study.runs if name.endswith("_r2") and name != "memd_r2"]
+    assert len(round_2) == 5 and all(study.runs[name].start_from["network_g"] == "memd_r2" for name in round_2)
     assert all(len(study.runs[name].seeds) >= 2 for name in study.runs)
 
 
@@ -233,6 +238,16 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
         for name, mtime in kept.items()
         if name not in ("memd_time_s0.json", "memd_on_s0.json")
     )
+    # Another study file of the same name, whose MEMD is wider: its runs are not these; nothing is reported.
+    study["runs"]["memd"]["set"]["network_g.num_feat"] = 8
+    (tmp_path / "other.yml").write_text(yaml.safe_dump(study, sort_keys=False))
+    before = (out / "report.md").read_bytes()
+    clash = run_python([STUDY, "other.yml", "--report-only"], tmp_path)
+    assert clash.returncode == 2, clash.stderr
+    assert "run 'memd' seed 0 was trained with network_g.num_feat: 4, but other.yml gives network_g.num_feat: 8" in (
+        clash.stderr
+    )
+    assert (out / "report.md").read_bytes() == before
 
 
 def test_an_unfinished_run_parked_resumes_in_a_later_sitting_to_the_same_weights(tmp_path: Path):
