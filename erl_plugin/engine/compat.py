@@ -448,9 +448,12 @@ _done = False
 def _disabled() -> set[str]:
     names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
     unknown = names - set(PATCH_NAMES)
-    if unknown:
-        raise ValueError(f"{DISABLE_ENV}: unknown patch {sorted(unknown)}; allowed: {', '.join(PATCH_NAMES)}")
-    return names
+    if unknown:  # an import cannot stop with a clean error: say it, and apply those patches
+        print(
+            f"warning: {DISABLE_ENV}: unknown patch {sorted(unknown)} ignored; allowed: {', '.join(PATCH_NAMES)}",
+            file=sys.stderr,
+        )
+    return names - unknown
 
 
 def apply() -> list[str]:

@@ -19,10 +19,11 @@ def test_patch_names_are_documented() -> None:
         assert name in compat.__doc__
 
 
-def test_unknown_patch_name_is_refused(tmp_path: Path) -> None:
-    result = run_python(["-c", "import erl_plugin"], tmp_path, {DISABLE: "no_such_patch"})
-    assert result.returncode != 0
-    assert "no_such_patch" in result.stderr and "functional_tensor" in result.stderr
+def test_an_unknown_patch_name_is_named_and_ignored(tmp_path: Path) -> None:
+    """An import cannot end with a clean error: the name is warned about and every patch still applies."""
+    result = run_python(["-c", "import basicsr; print('imported')"], tmp_path, {DISABLE: "no_such_patch"})
+    assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr
+    assert "unknown patch ['no_such_patch'] ignored; allowed: functional_tensor" in result.stderr
 
 
 def test_functional_tensor(tmp_path: Path) -> None:
