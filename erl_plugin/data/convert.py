@@ -36,15 +36,9 @@ import numpy as np
 from tqdm import tqdm
 
 from erl_plugin.data.dataset_check import IDENTITY_SAMPLE, identical_files
+from erl_plugin.data.images import ImageFileError, read_image
 from erl_plugin.data.layouts import SIDE_BY_SIDE_LAYOUTS, find_pairs, source_root, strip_extension
-from erl_plugin.data.lmdb_writer import (
-    ImageFileError,
-    ImageLmdbWriter,
-    check_image_lmdb,
-    encode_png,
-    image_shape,
-    read_image,
-)
+from erl_plugin.data.lmdb_writer import ImageLmdbWriter, check_image_lmdb, encode_png, image_shape
 from erl_plugin.data.pair_list import PairListError, read_pair_list, write_pair_list
 from erl_plugin.utils.outputs import staged_directory
 

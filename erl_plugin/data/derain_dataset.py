@@ -23,6 +23,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from erl_plugin.data.dataset_keys import check_keys
+from erl_plugin.data.images import ImageFileError, as_bgr, read_image, read_image_size
 from erl_plugin.data.layouts import (
     IMAGE_EXTENSIONS,
     LAYOUTS,
@@ -32,7 +33,6 @@ from erl_plugin.data.layouts import (
     source_root,
 )
 from erl_plugin.data.lmdb_env import open_lmdb
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image, read_image_size
 from erl_plugin.data.pair_list import read_pair_list
 
 __all__ = ["DerainPairedDataset", "ImageConversionWarning"]
@@ -432,17 +432,11 @@ class DerainPairedDataset(data.Dataset):
             image = image.astype(np.float32) / 65535.0
         else:
             raise ImageFileError(f"image {name} has unsupported sample type {image.dtype} (expected 8 or 16 bit)")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if image.ndim == 2:
+        if image.ndim == 2 or image.shape[2] == 1:
             self._warn_once("grayscale", f"{name} is grayscale: repeated to 3 channels")
-            return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        if image.shape[2] == 4:
+        elif image.shape[2] == 4:
             self._warn_once("alpha", f"{name} has an alpha channel: dropped (not composited)")
-            return np.ascontiguousarray(image[:, :, :3])
-        if image.shape[2] != 3:
-            raise ImageFileError(f"image {name} has {image.shape[2]} channels (expected 1, 3 or 4)")
-        return image
+        return as_bgr(image, name)
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

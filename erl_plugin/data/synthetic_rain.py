@@ -32,8 +32,9 @@ import numpy as np
 import skimage.data
 from tqdm import tqdm
 
+from erl_plugin.data.images import ImageFileError, as_bgr, read_image
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, is_image_name, raintrainh_pairs
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image, write_paired_lmdb
+from erl_plugin.data.lmdb_writer import write_paired_lmdb
 from erl_plugin.utils.outputs import staged_directory
 
 __all__ = [
@@ -451,15 +452,10 @@ def _to_bgr_uint8(image: np.ndarray, path: Path) -> np.ndarray:
         image = np.rint(image / 257.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise RainDataError(f"image {path} has unsupported pixel type {image.dtype}; use 8 or 16 bit images")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.shape[2] == 3:
-        return image
-    raise RainDataError(f"image {path} has {image.shape[2]} channels; use 1, 3 or 4")
+    try:
+        return as_bgr(image, str(path))
+    except ImageFileError as error:
+        raise RainDataError(str(error)) from None
 
 
 def load_source_images(folder: str | os.PathLike[str] | None) -> list[tuple[str, np.ndarray]]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from erl_plugin.data.lmdb_writer import ImageFileError
+from erl_plugin.data.images import ImageFileError
 from erl_plugin.engine.options import (
     ITERS_SCALE_ENV,
     OptionsError,

@@ -39,8 +39,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from erl_plugin.data.images import read_image
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
-from erl_plugin.data.lmdb_writer import read_image
 from erl_plugin.evaluation.evaluate import dataset_section, pair_name, read_pair, side_by_side, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, luma, psnr, ssim
 from erl_plugin.utils.outputs import OutputFolder

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
+from erl_plugin.data.images import ImageFileError, read_image
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
-from erl_plugin.data.lmdb_writer import ImageFileError, read_image
 from erl_plugin.utils.outputs import OutputFolder
 from erl_plugin.utils.speed import (
     PRECISIONS,

@@ -15,7 +15,8 @@ from basicsr.utils import get_root_logger
 
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.data.derain_dataset import ImageConversionWarning
-from erl_plugin.data.lmdb_writer import ImageFileError, write_image_lmdb, write_paired_lmdb
+from erl_plugin.data.images import ImageFileError
+from erl_plugin.data.lmdb_writer import write_image_lmdb, write_paired_lmdb
 from erl_plugin.data.pair_list import PairListError, write_pair_list
 
 

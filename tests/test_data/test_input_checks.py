@@ -21,11 +21,11 @@ from conftest import REPO, run_python, tiny_options, write_options
 from PIL import Image, ImageFile, ImageOps
 
 from erl_plugin.archs import MEMD
-from erl_plugin.data import DerainPairedDataset, lmdb_writer
+from erl_plugin.data import DerainPairedDataset, images
 from erl_plugin.data.convert import ConversionError, convert_dataset
 from erl_plugin.data.dataset_check import check_dataset
+from erl_plugin.data.images import MAX_IMAGE_PIXELS, ImageFileError, read_image, read_image_size
 from erl_plugin.data.layouts import find_pairs, scan_images
-from erl_plugin.data.lmdb_writer import MAX_IMAGE_PIXELS, ImageFileError, read_image, read_image_size
 from erl_plugin.engine.options import OptionsError, validate_options
 from erl_plugin.evaluation.evaluate import load_network
 from erl_plugin.evaluation.inference import collect_images, derain_paths
@@ -199,7 +199,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(
     def decode(*_: object) -> None:
         raise AssertionError("decoded")
 
-    monkeypatch.setattr(lmdb_writer.cv2, "imdecode", decode)
+    monkeypatch.setattr(images.cv2, "imdecode", decode)
     for read in (read_image, read_image_size):
         with pytest.raises(ImageFileError) as caught:
             read(tmp_path / name)
@@ -332,6 +332,6 @@ def test_read_image_size_reads_no_pixels_of_a_plain_png(tmp_path: Path, monkeypa
         return original(image)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
-    monkeypatch.setattr(lmdb_writer.cv2, "imdecode", lambda *_: None)
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *_: None)
     assert read_image_size(tmp_path / "plain.png") == (12, 20)
     assert loads.count == 0

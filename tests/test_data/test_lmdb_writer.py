@@ -9,7 +9,8 @@ from basicsr.data.data_util import paired_paths_from_lmdb
 from conftest import read_lmdb_images
 
 from erl_plugin.data import lmdb_writer
-from erl_plugin.data.lmdb_writer import ImageFileError, write_image_lmdb, write_paired_lmdb
+from erl_plugin.data.images import ImageFileError
+from erl_plugin.data.lmdb_writer import write_image_lmdb, write_paired_lmdb
 from erl_plugin.utils.outputs import OutputError
 
 

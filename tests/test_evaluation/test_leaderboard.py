@@ -12,7 +12,7 @@ from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
 from erl_plugin.data.convert import convert_dataset
-from erl_plugin.data.lmdb_writer import read_image
+from erl_plugin.data.images import read_image
 from erl_plugin.evaluation.evaluate import derain, load_network
 from erl_plugin.evaluation.leaderboard import (
     ModelSpec,
