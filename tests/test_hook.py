@@ -114,7 +114,8 @@ def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: d
     source.mkdir()
     for name in ("setup.py", "README.md", "erl_plugin_hook.py", "erl_plugin_hook.pth"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "erl_plugin", source / "erl_plugin", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("erl_plugin", "erl_dev"):  # the checkout's packages; the wheel takes erl_plugin only
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -144,6 +145,7 @@ def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: d
     )
     assert install.returncode == 0, install.stderr
     assert (site / "erl_plugin_hook.pth").is_file() and (site / "erl_plugin" / "__init__.py").is_file()
+    assert not (site / "erl_dev").exists()  # the development tools are not shipped
 
     startup = subprocess.run([python, "-c", STARTUP], capture_output=True, text=True, cwd=tmp_path)
     assert startup.stdout.split() == ["False", "True"], startup.stderr

@@ -74,3 +74,10 @@ def test_no_import_cycles():
 
     for module in GRAPH:
         visit(module, ())
+
+
+def test_the_package_holds_no_development_tool_and_never_imports_one():
+    """The study runner, the benchmark and the GPU check live in ``erl_dev`` (the checkout's, not shipped)."""
+    assert not [name for name in GRAPH if name.rsplit(".", 1)[-1] in {"study", "benchmark", "gpu_check"}]
+    importing = [str(path) for path in PACKAGE.rglob("*.py") if "erl_dev" in path.read_text()]
+    assert not importing

@@ -14,10 +14,13 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # erl_dev: the checkout's development tools
 
 import torch
 
-from erl_plugin.evaluation.benchmark import fast_setting, markdown, run_benchmark
+from erl_dev.benchmark import fast_setting, markdown, run_benchmark
 from erl_plugin.utils.outputs import write_text
 from erl_plugin.utils.speed import check_compile, check_precision
 

@@ -3,7 +3,7 @@
 Prints a table at the end and writes it to OUT/gpu_check.md and OUT/gpu_check.json (after every part,
 so a run stopped early keeps what it measured). Exit status 0 when every correctness and distributed
 check that ran passed, 1 otherwise, 2 when asked for the GPU run on a machine without CUDA.
-See :mod:`erl_plugin.evaluation.gpu_check` for what each part does.
+See :mod:`erl_dev.gpu_check` for what each part does.
 
 Example:
     python tools/gpu_check.py --out results/gpu_check                 # on a CUDA machine, about 8 minutes
@@ -13,6 +13,9 @@ Example:
 
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # erl_dev: the checkout's development tools
 
 import torch
 
@@ -31,7 +34,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from erl_plugin.evaluation.gpu_check import markdown, run_gpu_check
+    from erl_dev.gpu_check import markdown, run_gpu_check
 
     result = run_gpu_check(args.out, dry_run=args.dry_run, budget_s=args.budget_s)
     print(markdown(result), flush=True)

@@ -1,7 +1,7 @@
 """Train a grid of configurations over seeds, score them on held-out data, and write one report.
 
 Resumable: finished runs are kept (``<out>/runs/<run>_s<seed>.json``), an interrupted training resumes from
-its last checkpoint. See erl_plugin/evaluation/study.py for the study file.
+its last checkpoint. See erl_dev/study.py for the study file.
 
 Examples:
     python tools/study.py options/study/fidelity.yml --jobs 2
@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from erl_plugin.engine.options import ITERS_SCALE_ENV, OptionsError, requested_iters_scale
-from erl_plugin.evaluation.study import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # erl_dev: the checkout's development tools
+
+from erl_dev.study import (
     StudyError,
     claim_folder,
     headline,
@@ -25,6 +26,7 @@ from erl_plugin.evaluation.study import (
     short_of_gain,
     write_report,
 )
+from erl_plugin.engine.options import ITERS_SCALE_ENV, OptionsError, requested_iters_scale
 from erl_plugin.utils.outputs import OutputError, output_lock
 
 

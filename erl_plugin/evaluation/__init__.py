@@ -1,2 +1,2 @@
-"""Scoring and measuring trained networks: evaluation, tiled inference, analysis, leaderboards,
-benchmarks and the seeded study (the code behind ``tools/*.py``)."""
+"""Scoring trained networks: evaluation, tiled inference, analysis and leaderboards (the code behind
+``tools/evaluate.py``, ``derain.py``, ``analyze.py`` and ``leaderboard.py``)."""

@@ -36,10 +36,10 @@ from tqdm import tqdm
 from erl_plugin.archs.complexity import complexity
 from erl_plugin.data import DerainPairedDataset
 from erl_plugin.engine.options import load_yaml
-from erl_plugin.evaluation.benchmark import device_name
 from erl_plugin.evaluation.evaluate import dataset_section, derain, load_network, test_pairs
 from erl_plugin.metrics.protocols import check_protocol, psnr, ssim
 from erl_plugin.utils.outputs import OutputFolder
+from erl_plugin.utils.speed import device_name
 
 COMPLEXITY_SHAPE = (1, 3, 320, 320)
 MEASURED = "measured"

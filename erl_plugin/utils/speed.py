@@ -18,6 +18,7 @@ precision name or compile key is an error listing the allowed ones.
 """
 
 import os
+import platform
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -166,3 +167,10 @@ def prepare_network(
 def memory_format(x: Tensor, channels_last: bool) -> Tensor:
     """``x`` in channels_last order when asked and 4-D, else unchanged."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA, the processor otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -7,8 +7,8 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 from conftest import REPO
 
+from erl_dev.study import load_study
 from erl_plugin.engine.options import OptionsError, load_options, validate_options
-from erl_plugin.evaluation.study import load_study
 
 OPTION_FILES = sorted((REPO / "options").rglob("*.yml"))
 

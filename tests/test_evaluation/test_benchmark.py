@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from conftest import REPO, run_python
 
-from erl_plugin.evaluation.benchmark import fast_setting, loader_benchmark, loader_markdown, markdown, run_benchmark
+from erl_dev.benchmark import fast_setting, loader_benchmark, loader_markdown, markdown, run_benchmark
 
 BACKBONE = {"type": "MEMD", "num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
 

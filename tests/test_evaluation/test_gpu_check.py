@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, run_python
 
-from erl_plugin.evaluation.gpu_check import PARTS, Row, bf16_peak_tflops, part_status, run_units
+from erl_dev.gpu_check import PARTS, Row, bf16_peak_tflops, part_status, run_units
 
 
 @pytest.mark.slow

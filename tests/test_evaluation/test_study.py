@@ -11,9 +11,7 @@ import torch
 import yaml
 from conftest import REPO, run_python
 
-from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
-from erl_plugin.engine.options import OptionsError, load_options, scale_iterations
-from erl_plugin.evaluation.study import (
+from erl_dev.study import (
     StudyError,
     bootstrap_interval,
     format_report,
@@ -23,6 +21,8 @@ from erl_plugin.evaluation.study import (
     summarize,
     trained_iterations,
 )
+from erl_plugin.data.synthetic_dataset import synthesize_generalization_splits
+from erl_plugin.engine.options import OptionsError, load_options, scale_iterations
 
 STUDY = str(REPO / "tools/study.py")
 

@@ -14,7 +14,7 @@ going when one fails or runs out of time:
    ``--auto_resume``, which must resume from the last state and finish.
 3. **speed**: training steps of MEMD and of ERL stage II, and inference at one size and tiled on a larger
    image, in fp32, bf16 autocast, bf16 + channels_last and with ``torch.compile``, through
-   :mod:`erl_plugin.evaluation.benchmark`; peak memory, and achieved TFLOP/s from the FLOP count against
+   :mod:`erl_dev.benchmark`; peak memory, and achieved TFLOP/s from the FLOP count against
    the card's bf16 dense peak (:data:`BF16_DENSE_PEAK_TFLOPS`).
 4. **fidelity**: MEMD against ERL-Net at equal iterations on synthetic rain, scored on held-out photos
    (protocol ``basicsr``).
@@ -46,16 +46,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from erl_plugin.archs import MEMD, ERLNet
-from erl_plugin.archs.complexity import complexity
-from erl_plugin.data.lmdb_writer import write_paired_lmdb
-from erl_plugin.data.synthetic_dataset import SKIMAGE_TEST_PHOTOS, SyntheticRainDataset
-from erl_plugin.data.synthetic_rain import write_png
-from erl_plugin.evaluation.benchmark import (
+from erl_dev.benchmark import (
     FP32,
     Setting,
     benchmark_networks,
-    device_name,
     erl_stages,
     fast_setting,
     inference_benchmark,
@@ -64,11 +58,16 @@ from erl_plugin.evaluation.benchmark import (
     peak_memory,
     train_benchmark,
 )
+from erl_plugin.archs import MEMD, ERLNet
+from erl_plugin.archs.complexity import complexity
+from erl_plugin.data.lmdb_writer import write_paired_lmdb
+from erl_plugin.data.synthetic_dataset import SKIMAGE_TEST_PHOTOS, SyntheticRainDataset
+from erl_plugin.data.synthetic_rain import write_png
 from erl_plugin.evaluation.inference import derain_tiled
 from erl_plugin.metrics import psnr
 from erl_plugin.models import DerainModel, ERLModel
 from erl_plugin.utils.outputs import write_text
-from erl_plugin.utils.speed import prepare_network, resolve_precision
+from erl_plugin.utils.speed import device_name, prepare_network, resolve_precision
 
 RTOL = 1e-4
 """Correctness: allowed difference, relative to the largest absolute CPU value of the compared tensor."""
@@ -726,7 +725,7 @@ def speed_protocol(plan: Plan) -> str:
     side, patch, tiled = plan.infer_side, plan.speed_patch, plan.tiled_side
     return (
         f"Timings on {device_name(plan.device)} (torch {torch.__version__}), median of {plan.repeats} after "
-        f"{plan.warmup} warm-up run(s), erl_plugin.evaluation.benchmark; backbone {plan.backbone}. Training: batch "
+        f"{plan.warmup} warm-up run(s), erl_dev.benchmark; backbone {plan.backbone}. Training: batch "
         f"{plan.speed_batch} of {patch}x{patch}, DerainModel (MEMD) and ERLModel stage II (MA_D + MLGD), fp32 with "
         f"torch's TF32 defaults; {compile_note}, its first step reported apart. Inference: batch 1 of {side}x{side}, "
         f"eval, inference mode; tiled: derain_tiled on a {tiled}x{tiled} uint8 image, tiles {plan.tile}, overlap "

@@ -20,7 +20,6 @@ loader at least 2x consumption with 8 workers); our model class adds at most 5% 
 
 import copy
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -37,7 +36,7 @@ from torch import nn
 from erl_plugin.archs import MEMD, ERLNet
 from erl_plugin.archs.complexity import complexity
 from erl_plugin.models import DerainModel, ERLModel
-from erl_plugin.utils.speed import autocast, memory_format, prepare_network, resolve_precision
+from erl_plugin.utils.speed import autocast, device_name, memory_format, prepare_network, resolve_precision
 
 STEP_TARGET = 1.35
 INFERENCE_TARGET = 1.6
@@ -65,13 +64,6 @@ def fast_setting(amp: str = "bf16", channels_last: bool = True, compile: dict[st
 
 
 FP32 = Setting("fp32")
-
-
-def device_name(device: torch.device) -> str:
-    """The card's name on CUDA, the processor otherwise."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _sync(device: torch.device) -> None:
