@@ -34,9 +34,8 @@ from erl_plugin.engine.schema import (
 from erl_plugin.engine.strict_yaml import StrictLoader, YamlRefused, load_one_value
 from erl_plugin.metrics.protocols import check_protocol
 from erl_plugin.models.derain_model import DerainModel
-from erl_plugin.models.erl_model import check_optimizers
-from erl_plugin.models.stages import StageError, parse_stages
-from erl_plugin.utils.checkpoint import CheckpointError, load_fitting, load_weights
+from erl_plugin.models.stages import check_optimizers
+from erl_plugin.utils.checkpoint import check_pretrained_fits
 from erl_plugin.utils.speed import check_speed_options, requested_speed_options
 
 
@@ -287,24 +286,24 @@ def _check_path(value: Any, where: str, source: str) -> None:
         )
 
 
-def _check_checkpoint_fits(
-    net: torch.nn.Module, path: Mapping[str, Any], suffix: str, source: str, what: str | None = None
-) -> None:
-    """Load ``path.pretrain_network_<suffix>`` into ``net`` as BasicSR will, failing with the key."""
-    key = f"pretrain_network_{suffix}"
-    checkpoint = path.get(key)
-    if not isinstance(checkpoint, str) or not os.path.isfile(os.path.expanduser(checkpoint)):
-        return  # a missing file is reported by the path checks
+def _check_checkpoint_fits(net: torch.nn.Module, path: Mapping[str, Any], suffix: str, source: str) -> None:
     try:
-        params = load_weights(os.path.expanduser(checkpoint), path.get(f"param_key_{suffix}", "params"))
-    except CheckpointError as error:  # a corrupt or unsafe file
-        raise OptionsError(f"{source}: path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
-    try:
-        load_fitting(net, params, strict=path.get(f"strict_load_{suffix}", True))
+        check_pretrained_fits(net, path, suffix)
     except ValueError as error:
-        raise OptionsError(
-            f"{source}: path.{key}: {checkpoint} does not fit {what or f'network_{suffix}'}: {error}"
-        ) from None
+        raise OptionsError(f"{source}: {error}") from None
+
+
+def _check_model(opt: Mapping[str, Any], networks: Mapping[str, torch.nn.Module], is_train: bool, source: str) -> None:
+    """The model type's own check (``check_options``, a static method of the plugin's models), or, for
+    BasicSR's SRModel in training, its optimizer and scheduler built on a stand-in parameter."""
+    check = getattr(MODEL_REGISTRY.get(opt["model_type"]), "check_options", None)
+    try:
+        if check is not None:
+            check(opt, networks, is_train)
+        elif is_train and opt["model_type"] == "SRModel":
+            check_optimizers(opt)
+    except ValueError as error:
+        raise OptionsError(f"{source}: {error}") from None
 
 
 def _check_speed(opt: Mapping[str, Any], source: str) -> None:
@@ -509,36 +508,44 @@ def _check_network_memory(
 def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
     """Check what BasicSR would otherwise fail on deep inside its pipeline, before anything is created.
 
-    Checks every rule of the schema (:data:`erl_plugin.engine.schema.SCHEMA`: sections that must be
-    mappings, numbers and their ranges, a plain experiment name), the model, network and dataset types
-    against BasicSR's registries, that each network is within :data:`MAX_NETWORK_PARAMETERS` and this
-    machine's memory (sized on the meta device, before it is built), that it builds from its options
-    and takes its pretrained checkpoint, that every dataset path, meta-info
-    file and pretrained network exists, that the sections the pipeline reads are present, an
-    ERLModel's stages and teacher checkpoint, and the speed options (:mod:`erl_plugin.utils.speed`).
+    Section by section: every rule of the schema (:data:`erl_plugin.engine.schema.SCHEMA`: sections that
+    must be mappings, numbers and their ranges, a plain experiment name) and the model type; the networks
+    (:func:`_check_networks`); the datasets (:func:`_check_datasets`); what the model type itself reads,
+    through its ``check_options`` (ERLModel: its stages, teacher and every stage's optimizer); the speed
+    options (:mod:`erl_plugin.utils.speed`); validation (:func:`_check_validation`).
 
     Raises:
         OptionsError: naming ``source``, the key and what is allowed.
     """
-    required = ["name", "model_type", "datasets", "path"] + (["train"] if is_train else [])
-    for key in required:
+    for key in ["name", "model_type", "datasets", "path"] + (["train"] if is_train else []):
         if key not in opt:
-            raise OptionsError(f"{source}: missing top-level key {key!r} (required: {', '.join(required)})")
+            required = ", ".join(["name", "model_type", "datasets", "path"] + (["train"] if is_train else []))
+            raise OptionsError(f"{source}: missing top-level key {key!r} (required: {required})")
     check_schema(opt, source)
     _check_registered(opt["model_type"], MODEL_REGISTRY, "model_type", "model", source)
     _check_devices(opt, source)
-    networks = [key for key in opt if key.startswith("network_")]
-    if not networks:
+    networks = _check_networks(opt, source, is_train)
+    _check_datasets(opt, source, is_train)
+    _check_model(opt, networks, is_train, source)
+    _check_speed(opt, source)
+    _check_validation(opt, source, is_train)
+
+
+def _check_networks(opt: Mapping[str, Any], source: str, is_train: bool) -> dict[str, torch.nn.Module]:
+    """Every ``network_*``: registered, within the size budget and this machine's memory (sized on the meta
+    device first), built from its options, and fitting its pretrained checkpoint. Returns the networks."""
+    keys = [key for key in opt if key.startswith("network_")]
+    if not keys:
         raise OptionsError(f"{source}: no network_* section (e.g. network_g: {{type: MEMD}})")
-    for key in networks:
+    for key in keys:
         if "type" not in opt[key]:
             raise OptionsError(f"{source}: {key}: expected a mapping with a 'type' key")
         _check_registered(opt[key]["type"], ARCH_REGISTRY, f"{key}.type", "network", source)
     # Sized without memory first, so that a huge network is refused before anything real is built.
-    sized = {key: _meta_network(key, opt[key], source) for key in networks}
+    sized = {key: _meta_network(key, opt[key], source) for key in keys}
     _check_network_memory(opt, {key: net for key, net in sized.items() if net is not None}, source, is_train)
     built: dict[str, torch.nn.Module] = {}
-    for key in networks:
+    for key in keys:
         try:
             with _parameter_budget(MAX_NETWORK_PARAMETERS):
                 built[key] = _build_network(opt[key])
@@ -547,6 +554,12 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
         except (TypeError, ValueError, KeyError) as error:
             raise OptionsError(f"{source}: {key}: {error}") from None
         _check_checkpoint_fits(built[key], opt.get("path") or {}, key.removeprefix("network_"), source)
+    return built
+
+
+def _check_datasets(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
+    """Every dataset phase: a registered type, its own keys, paths that exist, and what its files say
+    (:func:`erl_plugin.data.dataset_check.check_dataset`); the training set and iteration count."""
     datasets = opt["datasets"]
     if not isinstance(datasets, dict) or not datasets:
         raise OptionsError(f"{source}: datasets: expected a mapping of phases (train, val, test_1, ...)")
@@ -576,35 +589,14 @@ def validate_options(opt: Mapping[str, Any], source: str, is_train: bool) -> Non
             raise OptionsError(f"{source}: datasets.train is missing (the training set; phases: {', '.join(datasets)})")
         if "total_iter" not in (opt["train"] or {}):
             raise OptionsError(f"{source}: train.total_iter is missing")
-        val = opt.get("val") or {}
-        if any(phase.split("_")[0] == "val" for phase in datasets) and val and "val_freq" not in val:
-            raise OptionsError(f"{source}: val.val_freq is missing (how often to validate, in iterations)")
-    if opt["model_type"] == "ERLModel":
-        if opt["network_g"]["type"] != "ERLNet":
-            raise OptionsError(f"{source}: network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
-        backbone = opt["network_g"]["backbone"]
-        teacher = built["network_g"].new_backbone()  # smaller than network_g, which passed the budget
-        _check_checkpoint_fits(teacher, opt["path"] or {}, "t", source, f"the teacher ({backbone['type']})")
-    _check_speed(opt, source)
-    if is_train and opt["model_type"] == "ERLModel":
-        try:
-            stages = parse_stages(opt)
-        except StageError as error:
-            raise OptionsError(f"{source}: {error}") from None
-        if any("feature" in stage.losses for stage in stages) and getattr(teacher, "global_residual", False):
-            raise OptionsError(
-                f"{source}: network_g.backbone.global_residual: true, and a stage uses the feature loss: a "
-                "clean-to-clean teacher that adds its input back learns the identity, so the embedding of a clean "
-                "image tells the decoder there is no rain to remove and the feature loss pulls the wrong way "
-                "(docs/study.md, the headroom table). Use global_residual: false (direct image output), or train "
-                "without the feature loss"
-            )
-    if is_train:
-        try:
-            check_optimizers(opt)
-        except ValueError as error:
-            raise OptionsError(f"{source}: {error}") from None
+
+
+def _check_validation(opt: Mapping[str, Any], source: str, is_train: bool) -> None:
+    """``val``: its frequency when a validation set exists, registered metrics and protocols, ``save_img``
+    (and ``suffix`` for saved test images)."""
     val = opt.get("val") or {}
+    if is_train and val and "val_freq" not in val and any(p.split("_")[0] == "val" for p in opt["datasets"]):
+        raise OptionsError(f"{source}: val.val_freq is missing (how often to validate, in iterations)")
     for name, metric in (val.get("metrics") or {}).items():
         where = f"val.metrics.{name}"
         if not isinstance(metric, dict) or metric.get("type") not in METRIC_REGISTRY:

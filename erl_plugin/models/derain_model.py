@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
 from erl_plugin.models.schedulers import STOP_EVENT, PlateauLR, PlateauReached, build_scheduler
+from erl_plugin.models.stages import check_optimizers
 from erl_plugin.models.validation import first_validation_phase
 from erl_plugin.utils.resume import write_training_state
 from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
@@ -41,6 +43,17 @@ from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepa
 @MODEL_REGISTRY.register()
 class DerainModel(SRModel):
     """``SRModel`` plus the speed options of :mod:`erl_plugin.utils.speed`; see the module docstring."""
+
+    @staticmethod
+    def check_options(opt: Mapping[str, Any], networks: Mapping[str, nn.Module], is_train: bool) -> None:
+        """What this model reads beyond the shared sections, checked before anything is built
+        (:func:`erl_plugin.engine.options.validate_options` calls it with the networks it built).
+
+        Raises:
+            ValueError: naming the key.
+        """
+        if is_train:
+            check_optimizers(opt)
 
     @cached_property
     def train_dtype(self) -> torch.dtype | None:

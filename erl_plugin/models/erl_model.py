@@ -43,65 +43,13 @@ from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.protocol import part_parameters
 from erl_plugin.models.derain_model import DerainModel
 from erl_plugin.models.headroom import Headroom, measure_headroom
-from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
-from erl_plugin.models.stages import Stage, parse_stages
+from erl_plugin.models.schedulers import build_scheduler
+from erl_plugin.models.stages import Stage, check_optimizers, parse_stages, stage_training_options
 from erl_plugin.models.validation import first_validation_phase
-from erl_plugin.utils.checkpoint import atomic_save
+from erl_plugin.utils.checkpoint import atomic_save, check_pretrained_fits
 from erl_plugin.utils.outputs import write_text
 from erl_plugin.utils.resume import ResumeError
 from erl_plugin.utils.speed import autocast
-
-
-def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A stage's optimizer and scheduler options: ``train.optim_g`` and ``train.scheduler`` with the
-    stage's overrides on top (copies; the whole run's for ``stage`` None). A stage scheduler of another
-    ``type`` than the run's replaces it: the run's arguments belong to its own type."""
-    optim_overrides, scheduler_overrides = (stage.optim_g, stage.scheduler) if stage is not None else ({}, {})
-    optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
-    base_scheduler = dict(train.get("scheduler") or {})
-    if scheduler_overrides.get("type", base_scheduler.get("type")) != base_scheduler.get("type"):
-        base_scheduler = {}
-    scheduler_opt = {**copy.deepcopy(base_scheduler), **copy.deepcopy(dict(scheduler_overrides))}
-    return optim_opt, scheduler_opt
-
-
-def check_optimizers(opt: Mapping[str, Any]) -> None:
-    """Build the optimizer and scheduler of every stage (ERLModel) or of the run (SRModel, DerainModel)
-    on a stand-in parameter, as training will, so that a bad value fails at start-up, not at a stage
-    switch. Other model types build their own and are left alone.
-
-    Raises:
-        ValueError: naming the stage and key; BasicSR 1.4.2 builds Adam only; a ``PlateauLR`` without its
-            validation metric, or stopping before the last stage.
-    """
-    if opt.get("model_type") not in ("SRModel", "DerainModel", "ERLModel"):
-        return
-    train = opt.get("train") or {}
-    stages: list[Stage | None] = parse_stages(opt) if opt.get("model_type") == "ERLModel" else [None]
-    for position, stage in enumerate(stages, 1):
-        where = f"stage {stage.name!r}" if stage is not None else "train"
-        optim_opt, scheduler_opt = stage_training_options(train, stage)
-        if scheduler_opt.get("type") == "PlateauLR" and opt["model_type"] == "SRModel":
-            raise ValueError(
-                f"{where}: scheduler.type: PlateauLR needs model_type DerainModel or ERLModel (not SRModel)"
-            )
-        check_plateau_metric(opt, scheduler_opt, where)
-        if scheduler_opt.get("stop") and position < len(stages):
-            raise ValueError(
-                f"{where}: scheduler.stop: a plateau stop ends the whole run; only the last stage "
-                f"({stages[-1].name!r}) may stop"
-            )
-        optim_type = optim_opt.pop("type", None)
-        if optim_type != "Adam":
-            raise ValueError(f"{where}: optim_g.type: {optim_type!r}; basicsr 1.4.2 builds Adam only")
-        try:
-            optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], **optim_opt)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: optim_g: {error}") from None
-        if not scheduler_opt:
-            raise ValueError(f"{where}: train.scheduler is missing (e.g. type: MultiStepLR, milestones: [], gamma: 1)")
-        build_scheduler(optimizer, scheduler_opt, where)
-
 
 HEADROOM_IMAGES = 32
 """Validation images the headroom at the start of the feature loss is measured on."""
@@ -392,6 +340,31 @@ class ERLModel(DerainModel):
             "stages": _stage_plan(self.stages),
             **feature,
         }
+
+    @staticmethod
+    def check_options(opt: Mapping[str, Any], networks: Mapping[str, nn.Module], is_train: bool) -> None:
+        """ERLNet as network_g, a pretrained teacher that fits, the stages, a teacher whose target means
+        something, and every stage's optimizer and scheduler (see :meth:`DerainModel.check_options`).
+
+        Raises:
+            ValueError: naming the key.
+        """
+        if opt["network_g"]["type"] != "ERLNet":
+            raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
+        teacher = networks["network_g"].new_backbone()  # smaller than network_g, which passed the size check
+        what = f"the teacher ({opt['network_g']['backbone']['type']})"
+        check_pretrained_fits(teacher, opt.get("path") or {}, "t", what)
+        if not is_train:
+            return
+        stages = parse_stages(opt)
+        if any("feature" in stage.losses for stage in stages) and getattr(teacher, "global_residual", False):
+            raise ValueError(
+                "network_g.backbone.global_residual: true, and a stage uses the feature loss: a clean-to-clean "
+                "teacher that adds its input back learns the identity, so the embedding of a clean image tells the "
+                "decoder there is no rain to remove and the feature loss pulls the wrong way (docs/study.md, the "
+                "headroom table). Use global_residual: false (direct image output), or train without the feature loss"
+            )
+        check_optimizers(opt, stages)
 
     @staticmethod
     def check_resume_state(opt: dict[str, Any], state: dict[str, Any], path: str) -> None:

@@ -1,4 +1,5 @@
-"""Training stages of ERL-Net (Table 1), from a strategy name or an explicit list.
+"""Training stages of ERL-Net (Table 1), from a strategy name or an explicit list, and each stage's optimizer
+and scheduler options (:func:`stage_training_options`, checked up front by :func:`check_optimizers`).
 
 A stage trains some branches with some losses for some iterations:
 
@@ -21,10 +22,15 @@ aligned between them), so an independent teacher's features can be an unreachabl
 main encoder plus residual, while an aligned teacher's live in the space the decoder reads.
 """
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import nn
+
+from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.validation import first_validation_phase
 
 GENERATOR_BRANCHES = ("main_encoder", "decoder", "residual_encoder")
@@ -212,3 +218,50 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
             f"{where}: the stages' iterations {counts} = {first - 1} do not add up to train.total_iter = {total}"
         )
     return stages
+
+
+def stage_training_options(train: Mapping[str, Any], stage: Stage | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stage's optimizer and scheduler options: ``train.optim_g`` and ``train.scheduler`` with the
+    stage's overrides on top (copies; the whole run's for ``stage`` None). A stage scheduler of another
+    ``type`` than the run's replaces it: the run's arguments belong to its own type."""
+    optim_overrides, scheduler_overrides = (stage.optim_g, stage.scheduler) if stage is not None else ({}, {})
+    optim_opt = {**copy.deepcopy(train.get("optim_g") or {}), **copy.deepcopy(dict(optim_overrides))}
+    base_scheduler = dict(train.get("scheduler") or {})
+    if scheduler_overrides.get("type", base_scheduler.get("type")) != base_scheduler.get("type"):
+        base_scheduler = {}
+    scheduler_opt = {**copy.deepcopy(base_scheduler), **copy.deepcopy(dict(scheduler_overrides))}
+    return optim_opt, scheduler_opt
+
+
+def check_optimizers(opt: Mapping[str, Any], stages: Sequence[Stage | None] = (None,)) -> None:
+    """Build the optimizer and scheduler of every stage (``None``: the whole run's) on a stand-in
+    parameter, as training will, so that a bad value fails at start-up, not at a stage switch.
+
+    Raises:
+        ValueError: naming the stage and key; BasicSR 1.4.2 builds Adam only; a ``PlateauLR`` without its
+            validation metric, in a model that cannot run it (SRModel), or stopping before the last stage.
+    """
+    train = opt.get("train") or {}
+    for position, stage in enumerate(stages, 1):
+        where = f"stage {stage.name!r}" if stage is not None else "train"
+        optim_opt, scheduler_opt = stage_training_options(train, stage)
+        if scheduler_opt.get("type") == "PlateauLR" and opt.get("model_type") == "SRModel":
+            raise ValueError(
+                f"{where}: scheduler.type: PlateauLR needs model_type DerainModel or ERLModel (not SRModel)"
+            )
+        check_plateau_metric(opt, scheduler_opt, where)
+        if scheduler_opt.get("stop") and position < len(stages):
+            raise ValueError(
+                f"{where}: scheduler.stop: a plateau stop ends the whole run; only the last stage "
+                f"({getattr(stages[-1], 'name', 'train')!r}) may stop"
+            )
+        optim_type = optim_opt.pop("type", None)
+        if optim_type != "Adam":
+            raise ValueError(f"{where}: optim_g.type: {optim_type!r}; basicsr 1.4.2 builds Adam only")
+        try:
+            optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], **optim_opt)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: optim_g: {error}") from None
+        if not scheduler_opt:
+            raise ValueError(f"{where}: train.scheduler is missing (e.g. type: MultiStepLR, milestones: [], gamma: 1)")
+        build_scheduler(optimizer, scheduler_opt, where)

@@ -16,7 +16,7 @@ import io
 import os
 import pickle
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -210,3 +210,24 @@ def prune_checkpoints(state_dir: str, models_dir: str, keep_last: int) -> list[s
             os.remove(victim)
             deleted.append(victim)
     return deleted
+
+
+def check_pretrained_fits(net: torch.nn.Module, path: Mapping[str, Any], suffix: str, what: str | None = None) -> None:
+    """Load ``path.pretrain_network_<suffix>`` into ``net`` as BasicSR will (a missing file is left to the
+    path checks).
+
+    Raises:
+        ValueError: ``path.pretrain_network_<suffix>: <file> cannot be loaded as weights / does not fit ...``.
+    """
+    key = f"pretrain_network_{suffix}"
+    checkpoint = path.get(key)
+    if not isinstance(checkpoint, str) or not os.path.isfile(os.path.expanduser(checkpoint)):
+        return
+    try:
+        params = load_weights(os.path.expanduser(checkpoint), path.get(f"param_key_{suffix}", "params"))
+    except CheckpointError as error:  # a corrupt or unsafe file, or non-finite weights
+        raise ValueError(f"path.{key}: {checkpoint} cannot be loaded as weights: {error}") from None
+    try:
+        load_fitting(net, params, strict=path.get(f"strict_load_{suffix}", True))
+    except ValueError as error:
+        raise ValueError(f"path.{key}: {checkpoint} does not fit {what or f'network_{suffix}'}: {error}") from None

@@ -10,8 +10,8 @@ from conftest import plateau_options, run_python, write_options
 from test_erl_training import erl_options, lr_by_iter
 
 from erl_plugin.engine.options import scale_iterations
-from erl_plugin.models.erl_model import check_optimizers
 from erl_plugin.models.schedulers import PlateauLR
+from erl_plugin.models.stages import check_optimizers, parse_stages
 
 
 def schedule(**kwargs) -> PlateauLR:
@@ -146,4 +146,4 @@ def test_a_stage_of_erl_net_follows_its_own_plateau_and_only_the_last_may_stop(
 
     opt["train"]["stage_options"]["stage2"] = {"scheduler": {**plateau, "stop": True}}
     with pytest.raises(ValueError, match="stage 'stage2': scheduler.stop: a plateau stop ends the whole run"):
-        check_optimizers(opt)
+        check_optimizers(opt, parse_stages(opt))
