@@ -9,9 +9,9 @@ paper      What the ERL-Net authors computed: full-range Y = 0.299 R + 0.587 G +
            uint8 (OpenCV's rounding), PSNR with data range 255, SSIM with a 7x7 uniform window,
            K1 = 0.01, K2 = 0.03 and sample covariances (scikit-image's defaults), averaged over
            the valid region.
-matlab     The script of the Restormer-family tables: MATLAB ``rgb2ycbcr`` Y rounded to uint8,
-           PSNR with data range 255, SSIM with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
-           K2 = 0.03, over the valid region (``filter2(..., 'valid')``).
+matlab     The script of the Restormer-family tables: MATLAB ``rgb2ycbcr`` Y rounded to uint8 as MATLAB
+           does (half away from zero), PSNR with data range 255, SSIM with an 11x11 Gaussian window
+           (sigma 1.5), K1 = 0.01, K2 = 0.03, over the valid region (``filter2(..., 'valid')``).
 =========  ==================================================================================
 
 Images are BGR uint8 arrays (OpenCV order), as BasicSR's ``tensor2img`` gives them. Every number
@@ -45,11 +45,16 @@ def luma(image: np.ndarray, protocol: str) -> np.ndarray:
     check_protocol(protocol)
     if image.ndim == 2:
         return image.astype(np.float64)
-    blue, green, red = (image[..., c].astype(np.float64) for c in range(3))
     if protocol == "paper":
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64)
-    y = 16.0 + (65.481 * red + 128.553 * green + 24.966 * blue) / 255.0
-    return np.round(y) if protocol == "matlab" else y
+    if protocol == "matlab":
+        # Exactly, in integers: 255000 Y = 4080000 + 65481 R + 128553 G + 24966 B, rounded half away from
+        # zero as MATLAB's uint8 conversion does (NumPy's round goes half to even: 198.5 -> 198, not 199).
+        blue, green, red = (image[..., c].astype(np.int64) for c in range(3))
+        scaled = 4_080_000 + 65_481 * red + 128_553 * green + 24_966 * blue
+        return ((scaled + 127_500) // 255_000).astype(np.float64)
+    blue, green, red = (image[..., c].astype(np.float64) for c in range(3))
+    return 16.0 + (65.481 * red + 128.553 * green + 24.966 * blue) / 255.0
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

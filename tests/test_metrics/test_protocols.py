@@ -37,6 +37,12 @@ def test_matlab_y_is_rounded_rgb2ycbcr() -> None:
     colours = np.array([[[255, 255, 255], [0, 0, 0], [0, 0, 255], [0, 255, 0], [255, 0, 0]]], np.uint8)  # BGR
     # MATLAB: rgb2ycbcr of white, black, red, green, blue
     assert luma(colours, "matlab").tolist() == [[235.0, 16.0, 81.0, 145.0, 41.0]]
+    # 198.5 exactly: MATLAB's uint8 conversion rounds half away from zero (NumPy's round would give 198).
+    assert luma(np.array([[[243, 216, 194]]], np.uint8), "matlab").tolist() == [[199.0]]
+    every = np.stack(np.meshgrid(*[np.arange(0, 256, 5)] * 3, indexing="ij"), -1).reshape(1, -1, 3).astype(np.uint8)
+    blue, green, red = (every[..., c].astype(np.float64) for c in range(3))
+    exact = 16.0 + (65.481 * red + 128.553 * green + 24.966 * blue) / 255.0
+    assert np.abs(luma(every, "matlab") - exact).max() <= 0.5 + 1e-9
 
 
 def test_matlab_ssim_is_gaussian_11x11_over_the_valid_region(pair: tuple[np.ndarray, np.ndarray]) -> None:
