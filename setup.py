@@ -62,6 +62,13 @@ setup(
         "console_scripts": [
             "erl-train = erl_plugin.train:main",
             "erl-test = erl_plugin.test:main",
+            "erl-derain = erl_plugin.cli.derain:main",
+            "erl-evaluate = erl_plugin.cli.evaluate:main",
+            "erl-analyze = erl_plugin.cli.analyze:main",
+            "erl-leaderboard = erl_plugin.cli.leaderboard:main",
+            "erl-create-lmdb = erl_plugin.cli.create_lmdb:main",
+            "erl-synthesize-rain = erl_plugin.cli.synthesize_rain:main",
+            "erl-headroom = erl_plugin.cli.headroom:main",
         ]
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},

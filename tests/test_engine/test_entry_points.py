@@ -1,14 +1,16 @@
 """``erl-train`` / ``python -m erl_plugin.train``, ``erl-test``, option checks and torchrun on CPU."""
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import run_python, tiny_options, write_options
+from conftest import REPO, run_python, tiny_options, write_options
 
 import erl_plugin  # noqa: F401  (registers the datasets)
 from erl_plugin.engine.entry import set_cpu_threads
@@ -16,6 +18,32 @@ from erl_plugin.engine.options import OptionsError, apply_overrides, validate_op
 
 ERL_TRAIN = shutil.which("erl-train", path=str(Path(sys.executable).parent))
 ERL_TEST = shutil.which("erl-test", path=str(Path(sys.executable).parent))
+
+
+def test_every_tool_is_an_installed_command(tmp_path: Path) -> None:
+    """The console scripts of setup.py exist after installation, and each is the tool of the same name."""
+    declared = re.findall(r'"(erl-[a-z-]+) = erl_plugin\.([a-z_.]+):main"', (REPO / "setup.py").read_text())
+    assert {name for name, _ in declared} >= {
+        "erl-train",
+        "erl-test",
+        "erl-derain",
+        "erl-evaluate",
+        "erl-analyze",
+        "erl-leaderboard",
+        "erl-create-lmdb",
+        "erl-synthesize-rain",
+        "erl-headroom",
+    }
+    for name, module in declared:
+        assert shutil.which(name, path=str(Path(sys.executable).parent)), f"{name} is not installed"
+        assert (REPO / "erl_plugin" / f"{module.replace('.', '/')}.py").is_file(), module
+    derain = subprocess.run(
+        [shutil.which("erl-derain", path=str(Path(sys.executable).parent)), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert derain.returncode == 0 and derain.stdout.startswith("usage: erl-derain"), derain.stderr
 
 
 def test_overrides_parse_yaml_values_and_leave_the_input_alone() -> None:

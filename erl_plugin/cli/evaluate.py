@@ -1,0 +1,61 @@
+"""Derain a test folder (any layout the datasets read, or lq.lmdb + gt.lmdb) with one or more models.
+
+Prints PSNR/SSIM of the rainy input and of each model, naming the protocol, and writes
+scores.csv, summary.md and comparison.png (rainy | models | clean) into --out.
+
+Example:
+    erl-evaluate --data datasets/synthetic_rain/test --out results/demo \
+        --model MEMD options/erl_demo.yml experiments/erl_demo/models/memd_stage1.pth \
+        --model ERL-Net options/erl_demo.yml experiments/erl_demo/models/net_g_latest.pth --min-gain-db 3
+"""
+
+import argparse
+import os
+import sys
+
+from erl_plugin.data.layouts import LAYOUTS
+from erl_plugin.evaluation.evaluate import PROTOCOL, evaluate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("LABEL", "OPTIONS", "CHECKPOINT"),
+        help="a model: its name in the table, the options file whose network_g built it, its checkpoint",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="test folder: any layout (detected, or --layout), or one holding lq.lmdb + gt.lmdb",
+    )
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), help="the folder's layout (default: detected)")
+    parser.add_argument("--out", required=True, help="folder for scores.csv, summary.md, comparison.png")
+    parser.add_argument("--show", type=int, default=4, help="images in comparison.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files an earlier run wrote in --out")
+    parser.add_argument(
+        "--min-gain-db", type=float, default=None, help="fail unless every model beats the rainy input by this PSNR"
+    )
+    args = parser.parse_args(argv)
+    try:
+        models = [tuple(model) for model in args.model]
+        means = evaluate(models, args.data, args.out, args.show, args.layout, overwrite=args.overwrite)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as summary:
+        print(summary.read().rstrip())  # the table, with the network each checkpoint was scored as
+    rainy = means["rainy input"].psnr
+    print()
+    for label, _, _ in args.model:
+        print(f"{label}: {means[label].psnr - rainy:+.2f} dB PSNR over the rainy input ({PROTOCOL})")
+    labels = " | ".join(label for label, _, _ in args.model)
+    print(f"side by side (rainy | {labels} | clean): {os.path.join(args.out, 'comparison.png')}")
+    short = [label for label, _, _ in args.model if means[label].psnr - rainy < (args.min_gain_db or float("-inf"))]
+    if short:
+        print(f"error: {', '.join(short)} gain less than --min-gain-db {args.min_gain_db}", file=sys.stderr)
+        return 1
+    return 0
