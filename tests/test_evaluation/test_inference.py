@@ -235,3 +235,20 @@ def test_tool_takes_the_checkpoint_from_the_options_as_basicsr_test_does(
     capsys.readouterr()
     assert tool.main(["--opt", str(opt), *common, "--output", str(tmp_path / "c")]) == 2
     assert "no checkpoint: give --checkpoint FILE, or set path.pretrain_network_g" in capsys.readouterr().err
+
+
+def test_the_python_api_derains_an_array_and_a_folder_from_a_checkpoint(tmp_path: Path) -> None:
+    """``erl_plugin.Derainer`` is the network of the options and checkpoint, as the tools load it."""
+    from erl_plugin import Derainer
+
+    net = tiny_memd()
+    torch.save({"params": net.state_dict()}, tmp_path / "net.pth")
+    network = {"type": "MEMD", **TINY, "global_residual": False}
+    (tmp_path / "net.yml").write_text(yaml.safe_dump({"network_g": network}))
+    derainer = Derainer(tmp_path / "net.yml", tmp_path / "net.pth", tile=16, overlap=4)
+    image = scene(40, 56)
+    assert np.array_equal(derainer(image), derain_tiled(net.eval(), image, 16, 4))
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in/a.png"), image)
+    report = derainer.derain_paths([tmp_path / "in"], tmp_path / "out")
+    assert [p.name for p in report.written] == ["a.png"] and not report.skipped
