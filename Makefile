@@ -26,6 +26,7 @@ $(STAMP): setup.py
 # on the fly, scored on the generalization test split. A second run reuses the finished runs.
 demo: $(STAMP) $(SPLITS)
 	$(BIN)/python tools/study.py options/study/demo.yml --min-gain-db 1
+	@echo "Next: source $(VENV)/bin/activate, then erl-train, erl-derain, ... (README.md)"
 
 $(SPLITS): | $(STAMP)
 	$(BIN)/python tools/synthesize_rain.py --generalization --out $(dir $(SPLITS)) --no-progress

@@ -557,7 +557,8 @@ def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) ->
                 if any((dependency, seed) in blocked for dependency in study.runs[name].depends_on):
                     continue
                 pending.remove(job)
-                log(f"[{done + len(running) + 1}/{total}] {name} seed {seed}: started")
+                log_file = out / "logs" / f"{name}_s{seed}.log"
+                log(f"{name} seed {seed}: started ({done} of {total} finished; its training log: {log_file})")
                 running[pool.submit(complete_run, study, study.runs[name], seed, out)] = (
                     name,
                     seed,
@@ -582,7 +583,7 @@ def _run_jobs(study: Study, out: Path, jobs: int, log: Callable[[str], None]) ->
                     for s, r in result["scores"].items()
                 )
                 log(
-                    f"[{done}/{total}] {name} seed {seed}: done in {time.perf_counter() - started:.0f} s; "
+                    f"{name} seed {seed}: done in {time.perf_counter() - started:.0f} s ({done} of {total} finished); "
                     f"{means or 'not scored'}"
                 )
     if failures:

@@ -195,7 +195,7 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     extra = ["--data", f"extra={splits / 'test'}"]
     first = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "0 of 5 runs finished, 5 to go, 2 at a time" in first.stdout and "[5/5]" in first.stdout
+    assert "0 of 5 runs finished, 5 to go, 2 at a time" in first.stdout and "(5 of 5 finished)" in first.stdout
     out = tmp_path / "studies/tiny"
     results = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
     assert sorted(results) == ["erl_s0", "memd_on_s0", "memd_s0", "memd_time_s0", "stage1_s0"]
