@@ -1,11 +1,17 @@
-"""Start-up hook that lets BasicSR's own scripts train with erl_plugin.
+"""Start-up hook that lets BasicSR's own scripts train with erl_plugin, and leaves every other program's
+basicsr as upstream.
 
 ``pip install`` (regular or editable) puts ``erl_plugin_hook.pth`` into site-packages; Python runs
 it at start-up, which calls :func:`install`. That only inserts a finder to ``sys.meta_path``: no
-torch, no basicsr, nothing slow. The first time ``basicsr`` is imported, which ``basicsr/train.py``
-and ``basicsr/test.py`` do first, whether run as scripts, with ``-m`` or imported, the finder
-imports ``erl_plugin`` in its place: the compatibility patches apply before basicsr loads, and the
-plugin's networks are registered before the options file is read.
+torch, no basicsr, nothing slow. The first time ``basicsr`` is imported:
+
+- when the program is BasicSR's own ``train.py`` or ``test.py`` (a checkout's or the installed
+  package's, run as a script or with ``-m``), the finder imports ``erl_plugin`` in its place: the
+  compatibility patches apply before basicsr loads, and the plugin's networks are registered before
+  the options file is read;
+- in any other program basicsr loads unchanged, with only what it needs to import at all on today's
+  torchvision (:func:`alias_functional_tensor`). Such a program imports ``erl_plugin`` itself to use
+  the plugin.
 
 Set ``ERL_PLUGIN_NO_HOOK=1`` to disable it. The hook never raises: if erl_plugin cannot be
 imported, it prints one warning and basicsr loads as it would without the plugin.
@@ -17,8 +23,29 @@ import sys
 DISABLE_ENV = "ERL_PLUGIN_NO_HOOK"
 
 
+def alias_functional_tensor() -> None:
+    """Give basicsr 1.4.2 the ``torchvision.transforms.functional_tensor`` that torchvision 0.17 removed
+    (basicsr takes only ``rgb_to_grayscale`` from it, which lives in ``transforms.functional`` now)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision.transforms.functional_tensor") is None:
+        import torchvision.transforms.functional as functional
+
+        sys.modules["torchvision.transforms.functional_tensor"] = functional
+
+
+def is_basicsr_script() -> bool:
+    """Whether this program is BasicSR's own ``train.py`` or ``test.py``, as a script or with ``-m``."""
+    argv = getattr(sys, "orig_argv", [])
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] in ("basicsr.train", "basicsr.test"):
+        return True
+    main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+    return os.path.basename(main) in ("train.py", "test.py") and os.path.basename(os.path.dirname(main)) == "basicsr"
+
+
 class _LoadPluginFirst:
-    """Loader that imports erl_plugin (and through it basicsr) instead of running basicsr alone."""
+    """Loader of ``basicsr``: in BasicSR's own scripts it imports erl_plugin (and through it basicsr);
+    elsewhere it runs basicsr alone, as upstream, after the one alias it needs to import."""
 
     def __init__(self, upstream):
         self.upstream = upstream
@@ -30,6 +57,10 @@ class _LoadPluginFirst:
         # The import system reads sys.modules["basicsr"] after this returns, so the module that
         # erl_plugin's own import of basicsr leaves there replaces this placeholder.
         name = module.__name__
+        if not is_basicsr_script():
+            alias_functional_tensor()
+            self.upstream.exec_module(module)
+            return
         del sys.modules[name]
         try:
             import erl_plugin  # noqa: F401
@@ -37,6 +68,7 @@ class _LoadPluginFirst:
             print(f"erl_plugin_hook: erl_plugin not loaded ({error!r}); set {DISABLE_ENV}=1", file=sys.stderr)
             if name not in sys.modules:
                 sys.modules[name] = module
+                alias_functional_tensor()
                 self.upstream.exec_module(module)
 
 

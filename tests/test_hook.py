@@ -44,28 +44,42 @@ def test_environment_variable_disables_it(tmp_path: Path) -> None:
     assert "functional_tensor" in plain.stderr  # basicsr 1.4.2 alone does not import here
 
 
-def test_importing_basicsr_loads_the_plugin(tmp_path: Path) -> None:
-    code = (
-        "import basicsr, sys; from basicsr.utils.registry import ARCH_REGISTRY; "
-        "print('erl_plugin' in sys.modules, 'MEMD' in ARCH_REGISTRY)"
+UPSTREAM = (
+    "import basicsr, sys\n"
+    "from basicsr.models.base_model import BaseModel\n"
+    "from basicsr.utils import options\n"
+    "from basicsr.utils.registry import ARCH_REGISTRY\n"
+    "print('erl_plugin' in sys.modules, 'MEMD' in ARCH_REGISTRY, BaseModel.save_network.__module__,"
+    " options.parse_options.__module__)\n"
+)
+
+
+def test_any_other_program_gets_basicsr_as_upstream(tmp_path: Path) -> None:
+    """A script that imports basicsr sees BasicSR's own objects: no plugin, no patch, nothing registered."""
+    (tmp_path / "script.py").write_text(UPSTREAM)
+    result = run_python(["script.py"], tmp_path)
+    assert result.stdout.split() == ["False", "False", "basicsr.models.base_model", "basicsr.utils.options"], (
+        result.stderr
     )
-    result = run_python(["-c", code], tmp_path)
-    assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+def test_basicsr_s_own_scripts_load_the_plugin_first(tmp_path: Path) -> None:
+    """As a script named basicsr/train.py (a checkout's) or with -m basicsr.train, the plugin loads first."""
+    (tmp_path / "basicsr").mkdir()
+    (tmp_path / "basicsr/train.py").write_text(UPSTREAM)
+    as_script = run_python(["basicsr/train.py"], tmp_path)
+    assert as_script.stdout.split() == ["True", "True", "erl_plugin.engine.compat", "erl_plugin.engine.compat"], (
+        as_script.stderr
+    )
 
 
 def test_a_broken_plugin_never_breaks_basicsr(tmp_path: Path) -> None:
     fake = tmp_path / "shadow" / "erl_plugin"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text(
-        "import sys, torchvision.transforms.functional as f\n"
-        "sys.modules['torchvision.transforms.functional_tensor'] = f\n"
-        "raise RuntimeError('broken plugin')\n"
-    )
-    result = run_python(
-        ["-c", "import basicsr; print('loaded', basicsr.__version__)"],
-        tmp_path,
-        {"PYTHONPATH": str(fake.parent)},
-    )
+    (fake / "__init__.py").write_text("raise RuntimeError('broken plugin')\n")
+    (tmp_path / "basicsr").mkdir()
+    (tmp_path / "basicsr/train.py").write_text("import basicsr; print('loaded', basicsr.__version__)\n")
+    result = run_python(["basicsr/train.py"], tmp_path, {"PYTHONPATH": str(fake.parent)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "loaded 1.4.2"
     assert "erl_plugin_hook: erl_plugin not loaded (RuntimeError('broken plugin'))" in result.stderr

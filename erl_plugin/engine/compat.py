@@ -86,10 +86,9 @@ def _functional_tensor_missing() -> bool:
 
 
 def _alias_functional_tensor() -> None:
-    # basicsr only takes rgb_to_grayscale from it, which lives in transforms.functional now.
-    import torchvision.transforms.functional as functional
+    from erl_plugin_hook import alias_functional_tensor  # the one the start-up hook gives plain basicsr
 
-    sys.modules["torchvision.transforms.functional_tensor"] = functional
+    alias_functional_tensor()
 
 
 def _gloo_on_cpu() -> None:

@@ -21,7 +21,7 @@ def test_patch_names_are_documented() -> None:
 
 def test_an_unknown_patch_name_is_named_and_ignored(tmp_path: Path) -> None:
     """An import cannot end with a clean error: the name is warned about and every patch still applies."""
-    result = run_python(["-c", "import basicsr; print('imported')"], tmp_path, {DISABLE: "no_such_patch"})
+    result = run_python(["-c", "import erl_plugin; print('imported')"], tmp_path, {DISABLE: "no_such_patch"})
     assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr
     assert "unknown patch ['no_such_patch'] ignored; allowed: functional_tensor" in result.stderr
 
