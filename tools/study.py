@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or resume) a study and write its report; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study file (YAML)")
-    parser.add_argument("--out", help="study folder (default: studies/<name>)")
+    parser.add_argument(
+        "--out", help="study folder (default: studies/<name>; studies/<name>_x<F> with another --iters-scale F)"
+    )
     parser.add_argument("--jobs", type=int, help="trainings at a time (default: the study's jobs, else 1)")
     parser.add_argument(
         "--data",
@@ -62,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        study = load_study(args.study, args.data, requested_iters_scale(args.iters_scale)[0])
-        out = Path(args.out or Path("studies") / study.name)
+        requested = requested_iters_scale(args.iters_scale)[0]
+        study = load_study(args.study, args.data, requested)
+        # A quick try at another scale than the study file's gets a folder of its own, never the study's.
+        rescaled = requested is not None and requested != load_study(args.study).iters_scale
+        out = Path(args.out or Path("studies") / (f"{study.name}_x{study.iters_scale:g}" if rescaled else study.name))
         if args.park:
             with output_lock(out):
                 parked = park(study, out)

@@ -221,8 +221,10 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     assert (out / "validation.png").stat().st_size > 0
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     # The folder keeps one scale: the same study at another is refused, not mixed in.
-    other = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only"], tmp_path)
+    other = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only", "--out", str(out)], tmp_path)
     assert other.returncode == 2 and "at iters_scale 0.006, not 'tiny' at 0.5" in other.stderr
+    quick = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only"], tmp_path)
+    assert quick.returncode == 0 and "report: studies/tiny_x0.5/report.md" in quick.stdout, quick.stderr
     (out / "runs/memd_time_s0.json").unlink()  # as if the study had been killed during that run
     # A later sitting without the experiment folders: the fork starts from the banked network.
     (out / "runs/memd_on_s0.json").unlink()
