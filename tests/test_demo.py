@@ -30,5 +30,5 @@ def test_demo_study_end_to_end(tmp_path: Path) -> None:
         result.stdout,
     )
     assert line and "on test (basicsr protocol, 1 seed(s))" in result.stdout
-    assert "| rainy input |" in result.stdout and (tmp_path / "studies/demo/validation.png").is_file()
+    assert "| rainy input |" in result.stdout and (tmp_path / "studies/demo_x0.005/validation.png").is_file()
     assert "## Headroom when the feature loss starts" in result.stdout  # the premise, measured and reported
