@@ -276,16 +276,17 @@ def _plain(value: Any) -> Any:
 
 
 STATE_HELD = (
-    "manual_seed",
     "train.scheduler",
     "train.stage_options",
     "train.teacher_mode",
     "train.teacher_init",
     "train.balance_feature_loss",
 )
-"""Options whose values a resumed run takes from the training state (optimizer and scheduler states, RNG
-streams), not from the options; with every ``train.optim_*``, ``model_type`` and ``network_*`` they must
-be what wrote the state. (The stages are the model's to check: ``ERLModel.check_resume_state``.)"""
+"""Options whose values a resumed run takes from the training state (optimizer and scheduler states),
+not from the options; with every ``train.optim_*``, ``model_type`` and ``network_*`` they must
+be what wrote the state. (The stages are the model's to check: ``ERLModel.check_resume_state``. The
+seed is not among them: BasicSR draws one when the options give none, and a given one seeds the data
+as written.)"""
 
 FINGERPRINT_VERSION = 2  # version 1 (no "version" entry) recorded model_type and network_* only
 

@@ -68,3 +68,14 @@ def test_a_resume_applies_what_it_can_and_refuses_what_the_state_would_override(
     assert "Resuming training from epoch: 0, iter: 2." in longer.stderr
     state = torch.load(tmp_path / "experiments/grow/training_states/4.state", weights_only=False)
     assert state["iter"] == 4
+
+
+def test_a_run_without_a_seed_resumes(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+    """BasicSR draws a seed when the options give none, another one at each start: not a change to refuse."""
+    opt = tiny_options(tiny_lmdb, name="unseeded", total_iter=2)
+    del opt["manual_seed"]
+    opt_file = write_options(tmp_path, opt)
+    assert _train(tmp_path, opt_file).returncode == 0
+    resumed = _train(tmp_path, opt_file, "--auto_resume", "--set", "train.total_iter=4", "--set", "val.val_freq=4")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming training from epoch: 0, iter: 2." in resumed.stderr
