@@ -113,6 +113,9 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
         except ImageFileError as error:  # a file only decoding finds broken; checkpoints so far are kept
             print(f"error: {_last_line(error)}; {BAD_FILE_REMEDY}", file=sys.stderr)
             return 2
+        except OutputError as error:  # a link or another's file where a checkpoint goes; nothing replaced
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
