@@ -46,5 +46,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(headroom.report(args.min_margin))
     if args.json:
-        write_text(args.json, json.dumps(headroom.as_dict(), indent=1) + "\n")
+        write_text(args.json, json.dumps(headroom.as_dict(), indent=1) + "\n", replace=args.overwrite)
     return 0

@@ -59,12 +59,14 @@ def _allow_safe_globals() -> Iterator[None]:
         yield
 
 
-def safe_load(path: str, what: str = "checkpoint") -> Any:
+def safe_load(path: str, what: str = "checkpoint", *, lazy: bool = False) -> Any:
     """Load ``path`` on the CPU with ``weights_only=True``.
 
     Args:
         path: A ``.pth`` or ``.state`` file.
         what: What the file is, for messages.
+        lazy: Map the tensors from the file instead of reading them, and skip the finiteness check: for
+            reading a state's small entries (its ``files``) without touching its weights.
 
     Raises:
         CheckpointError: naming the file, when it is missing, truncated or corrupt, holds objects
@@ -75,7 +77,7 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path}: no such file")
     try:
         with _allow_safe_globals():
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in str(error) or "Unsupported global" in str(error):
@@ -86,7 +88,7 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{what} {path}: corrupt ({first.strip()})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"{what} {path}: truncated or corrupt ({type(error).__name__}: {error})") from None
-    bad = first_nonfinite(loaded)
+    bad = None if lazy else first_nonfinite(loaded)
     if bad is not None:
         key, tensor = bad
         nan = int(torch.isnan(tensor).sum())
@@ -192,7 +194,7 @@ def prune_checkpoints(state_dir: str, models_dir: str, keep_last: int) -> list[s
     for iteration in sorted(checkpoint_iterations(state_dir)[keep_last:]):
         path = os.path.join(state_dir, f"{iteration}.state")
         try:
-            state = safe_load(path, "training state")
+            state = safe_load(path, "training state", lazy=True)  # only its file list is read
         except CheckpointError:
             continue
         files = state.get("files") if isinstance(state, dict) else None

@@ -329,6 +329,7 @@ class OutputFolder:
         self.tool = tool
         self.overwrite = overwrite
         self.files: set[str] = set()
+        self._listed: set[str] = set()
         check_not_input(self.path, inputs, "output folder")
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"output folder {self.path} is a file; choose a folder")
@@ -343,10 +344,15 @@ class OutputFolder:
             self._lock.close()
             raise
         self.files = set(marker["files"]) if marker else set()
+        self._listed = set(self.files)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._lock.close()
+        try:
+            if self.files != self._listed:  # once per run: a folder of many outputs is not rewritten per file
+                write_text(self.path / MARKER, json.dumps({"tool": self.tool, "files": sorted(self.files)}) + "\n")
+        finally:
+            self._lock.close()
 
     def _check(self, name: str) -> Path:
         target = self.path / name
@@ -369,12 +375,11 @@ class OutputFolder:
             self._check(name)
 
     def write(self, name: str, data: bytes | memoryview) -> Path:
-        """Write ``data`` as ``<folder>/<name>`` (through :func:`write_file`) and list it in the marker."""
+        """Write ``data`` as ``<folder>/<name>`` (through :func:`write_file`); the marker lists it when the block
+        ends (a run killed before that leaves it unlisted: refused, never replaced, by the next)."""
         target = self._check(name)
-        if name not in self.files:
-            self.files.add(name)
-            write_text(self.path / MARKER, json.dumps({"tool": self.tool, "files": sorted(self.files)}) + "\n")
         write_file(target, data)
+        self.files.add(name)
         return target
 
     def write_text(self, name: str, text: str) -> Path:
