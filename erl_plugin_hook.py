@@ -6,9 +6,10 @@ it at start-up, which calls :func:`install`. That only inserts a finder to ``sys
 torch, no basicsr, nothing slow. The first time ``basicsr`` is imported:
 
 - when the program is BasicSR's own ``train.py`` or ``test.py`` (a checkout's or the installed
-  package's, run as a script or with ``-m``), the finder imports ``erl_plugin`` in its place: the
-  compatibility patches apply before basicsr loads, and the plugin's networks are registered before
-  the options file is read;
+  package's, run as a script or with ``-m``), the finder imports ``erl_plugin`` in its place, so the
+  plugin's classes are registered before the options file is read, and applies the fixes those
+  scripts need here (``erl_plugin.engine.compat.BASICSR_SCRIPTS``: CPU process groups, DDP and resume
+  without CUDA, safe YAML, ...);
 - in any other program basicsr loads unchanged, with only what it needs to import at all on today's
   torchvision (:func:`alias_functional_tensor`). Such a program imports ``erl_plugin`` itself to use
   the plugin.
@@ -63,7 +64,9 @@ class _LoadPluginFirst:
             return
         del sys.modules[name]
         try:
-            import erl_plugin  # noqa: F401
+            from erl_plugin.engine import compat
+
+            compat.apply_to_basicsr_scripts()
         except Exception as error:  # the hook must never break a plain basicsr
             print(f"erl_plugin_hook: erl_plugin not loaded ({error!r}); set {DISABLE_ENV}=1", file=sys.stderr)
             if name not in sys.modules:

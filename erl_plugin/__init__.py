@@ -1,9 +1,9 @@
 """ERL-Net (Entangled Representation Learning, ICCV 2019) as a BasicSR plugin.
 
-Importing this package first applies the compatibility patches for basicsr 1.4.2 on today's
-torch/torchvision/lmdb (see :mod:`erl_plugin.engine.compat`), then registers the plugin's networks,
-datasets, losses, metrics and models into BasicSR's registries, and its networks into a scoped
-child of mmengine's (:mod:`erl_plugin.registry`). Every registration is an explicit import below.
+Importing this package first applies the two fixes basicsr 1.4.2 needs to import and read LMDBs on
+today's torchvision and py-lmdb (:mod:`erl_plugin.engine.compat`; BasicSR's classes stay upstream), then
+registers the plugin's networks, datasets, losses, metrics and models into BasicSR's registries, and its
+networks into a scoped child of mmengine's (:mod:`erl_plugin.registry`). Every registration is an explicit import below.
 :class:`Derainer` derains from Python in one call (:mod:`erl_plugin.evaluation.api`).
 """
 

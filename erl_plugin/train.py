@@ -1,4 +1,4 @@
-"""``erl-train`` / ``python -m erl_plugin.train``: BasicSR's training pipeline with the plugin loaded.
+"""``erl-train`` / ``python -m erl_plugin.train``: train from an options file with the plugin's pipeline.
 
 Example:
     erl-train -opt options/memd_demo.yml --set train.total_iter=200
@@ -9,13 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from erl_plugin.engine.entry import run
+from erl_plugin.engine.pipeline import train_pipeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train from an options file; returns the exit status."""
-    # Imported here, after erl_plugin (through erl_plugin.engine.entry) has patched basicsr.
-    from basicsr.train import train_pipeline
-
     return run(train_pipeline, argv, is_train=True, prog="erl-train")
 
 

@@ -64,11 +64,12 @@ def test_any_other_program_gets_basicsr_as_upstream(tmp_path: Path) -> None:
 
 
 def test_basicsr_s_own_scripts_load_the_plugin_first(tmp_path: Path) -> None:
-    """As a script named basicsr/train.py (a checkout's) or with -m basicsr.train, the plugin loads first."""
+    """As a script named basicsr/train.py (a checkout's) or with -m basicsr.train, the plugin loads first and
+    wraps the options reader (safe YAML); BasicSR's model classes stay upstream."""
     (tmp_path / "basicsr").mkdir()
     (tmp_path / "basicsr/train.py").write_text(UPSTREAM)
     as_script = run_python(["basicsr/train.py"], tmp_path)
-    assert as_script.stdout.split() == ["True", "True", "erl_plugin.engine.compat", "erl_plugin.engine.compat"], (
+    assert as_script.stdout.split() == ["True", "True", "basicsr.models.base_model", "erl_plugin.engine.compat"], (
         as_script.stderr
     )
 
@@ -86,18 +87,29 @@ def test_a_broken_plugin_never_breaks_basicsr(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_basicsr_train_py_in_a_checkout_trains_and_resumes(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
+def test_basicsr_scripts_in_a_checkout_train_resume_and_test_plugin_models(
+    tmp_path: Path, tiny_lmdb: dict[str, str]
+) -> None:
     checkout = tmp_path / "BasicSR"
     (checkout / "basicsr").mkdir(parents=True)
-    shutil.copy(BASICSR_TRAIN, checkout / "basicsr" / "train.py")
+    for script in ("train.py", "test.py"):
+        shutil.copy(BASICSR_TRAIN.parent / script, checkout / "basicsr" / script)
     (checkout / "options").mkdir()
-    opt_file = write_options(checkout / "options", tiny_options(tiny_lmdb, name="checkout"), "memd.yml")
+    opt = tiny_options(tiny_lmdb, name="checkout")
+    opt["model_type"] = "DerainModel"
+    opt_file = write_options(checkout / "options", opt, "memd.yml")
     first = run_python(["basicsr/train.py", "-opt", str(opt_file)], checkout)
     assert first.returncode == 0, first.stderr
     assert (checkout / "experiments/checkout/models/net_g_latest.pth").is_file()
     resumed = run_python(["basicsr/train.py", "-opt", str(opt_file), "--auto_resume"], checkout)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming training from epoch: 0, iter: 2." in resumed.stderr
+    opt.pop("train")
+    opt["datasets"] = {"test_1": {**opt["datasets"]["val"]}}
+    opt["path"]["pretrain_network_g"] = str(checkout / "experiments/checkout/models/net_g_latest.pth")
+    tested = run_python(["basicsr/test.py", "-opt", str(write_options(checkout / "options", opt, "test.yml"))], checkout)
+    assert tested.returncode == 0, tested.stderr
+    assert "Model [DerainModel] is created." in tested.stderr and "# psnr: " in tested.stderr
 
 
 @pytest.mark.slow

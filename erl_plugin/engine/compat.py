@@ -1,8 +1,10 @@
-"""Every patch of basicsr 1.4.2 in one place.
+"""What basicsr 1.4.2 needs to run here, in one place.
 
 basicsr 1.4.2 (the last release on PyPI) predates the torch, torchvision and py-lmdb releases we
-run on. :func:`apply` runs on ``import erl_plugin`` and fixes what the plugin meets, each patch only
-where its problem exists:
+run on. ``import erl_plugin`` applies :data:`PLUGIN` (what the plugin's own use of BasicSR's parts
+meets); when BasicSR's own ``train.py`` or ``test.py`` is the program, the start-up hook
+(:mod:`erl_plugin_hook`) applies :data:`BASICSR_SCRIPTS` as well. Any other program that imports basicsr
+gets it unchanged. Each patch applies only where its problem exists:
 
 ========================  =====================================================================
 patch                     upstream problem it works around
@@ -10,30 +12,19 @@ patch                     upstream problem it works around
 functional_tensor         ``basicsr/data/degradations.py`` imports
                           ``torchvision.transforms.functional_tensor``, removed in
                           torchvision 0.17, so ``import basicsr`` fails.
+lmdb_shared_env           py-lmdb >= 2 refuses to open one environment twice in a process, so
+                          training and validation on one LMDB crash at the first validation
+                          when they run in the same process.
+------------------------  ------------ BasicSR's train.py and test.py only -------------------
 dist_init_cpu             ``--launcher pytorch`` hard-codes the nccl backend and calls
                           ``torch.cuda.set_device(rank % device_count())``: ZeroDivisionError
                           without a GPU, so torchrun cannot train on CPU.
 ddp_cpu                   ``BaseModel.model_to_device`` passes
                           ``device_ids=[torch.cuda.current_device()]`` to DDP, which fails
-                          without CUDA.
-lmdb_shared_env           py-lmdb >= 2 refuses to open one environment twice in a process, so
-                          training and validation on one LMDB crash at the first validation
-                          when they run in the same process.
-exact_resume              resume restarts the interrupted epoch from its first batch, saves no
-                          RNG state, maps the state to ``torch.cuda.current_device()`` (fails
-                          without CUDA) and looks for it relative to the working directory;
-                          validation moves the training RNG streams. Replaced by
-                          :mod:`erl_plugin.utils.resume` (seeded samples, resumable sampler, RNG
-                          states, checked states with fallback, ``logger.keep_last``).
-atomic_checkpoints        ``save_network`` and ``save_training_state`` write in place: a kill
-                          mid-write leaves a truncated file. Here: temporary file, fsync, rename,
-                          and the SHA-256 of each network file recorded for resume.
-safe_load                 ``load_network`` calls ``torch.load`` without ``weights_only`` (runs
-                          pickled code on torch < 2.6) and fails with a bare traceback on a
-                          corrupt file. Here: ``weights_only=True``, a message naming the file.
-dist_validation           ``dist_validation`` validates on rank 0 while the others wait in the
-                          next all-reduce, into the process group's timeout on long validations.
-                          Here: sharded over the ranks (:mod:`erl_plugin.models.validation`).
+                          without CUDA (the plugin's models wrap correctly themselves).
+resume_on_cpu             ``load_resume_state`` maps the state to ``torch.cuda.current_device()``:
+                          ``--auto_resume`` fails without CUDA. Here: the plugin's checked
+                          loader (:func:`erl_plugin.utils.resume.load_resume_state`).
 no_force_yml              ``--force_yml`` applies overrides with ``exec`` (and lists with
                           ``eval``): refused, with a pointer to ``erl-train --set``.
 safe_yaml                 ``parse_options`` reads the options file with PyYAML's full
@@ -50,9 +41,12 @@ plateau_stop              ``basicsr/train.py`` has no place to catch the stop of
                           Here: one line and exit 0, as ``erl-train``.
 ========================  =====================================================================
 
-The functional_tensor patch runs before anything of basicsr is imported; the others patch basicsr
-objects afterwards. Setting ``ERL_PLUGIN_COMPAT_DISABLE=name[,name...]`` skips patches by name: it
-exists to diagnose a patch and for the tests that show each patch is needed.
+What ``erl-train`` adds beyond these (atomic and checked checkpoints, exact training states,
+RNG-neutral and sharded validation) are methods of the plugin's models
+(:mod:`erl_plugin.models.reliable`) and steps of its pipeline (:mod:`erl_plugin.engine.pipeline`), not
+patches; under BasicSR's train.py the plugin's models keep their methods, and a resumed run restarts
+its epoch from the first batch as upstream does. Setting ``ERL_PLUGIN_COMPAT_DISABLE=name[,name...]``
+skips patches by name: it exists to diagnose a patch and for the tests that show each patch is needed.
 """
 
 import importlib.util
@@ -230,95 +224,11 @@ def _scaled_from_environment(opt: dict) -> dict:
     return opt
 
 
-def _exact_resume() -> None:
-    import basicsr.train
-    from basicsr.models.base_model import BaseModel
-
+def _resume_on_cpu() -> None:
     from erl_plugin.utils import resume
 
-    for name in ("load_resume_state", "create_train_val_dataloader"):
-        setattr(basicsr.train, name, getattr(resume, name))
-        _script_swaps[name] = getattr(resume, name)
+    _script_swaps["load_resume_state"] = resume.load_resume_state
     _wrap_parse_options()
-
-    def save_training_state(self: BaseModel, epoch: int, current_iter: int) -> None:
-        resume.write_training_state(self, epoch, current_iter)
-
-    upstream_validation = BaseModel.validation
-
-    def validation(self: BaseModel, *args: Any, **kwargs: Any) -> None:
-        # Validation must not move the streams training draws from, or its frequency changes training.
-        rng = resume.capture_rng()
-        try:
-            upstream_validation(self, *args, **kwargs)
-        finally:
-            resume.restore_rng(rng)
-
-    BaseModel.save_training_state = save_training_state
-    BaseModel.validation = validation
-
-
-def _atomic_checkpoints() -> None:
-    from basicsr.models.base_model import BaseModel
-    from basicsr.utils.dist_util import master_only
-
-    from erl_plugin.utils.checkpoint import atomic_save
-
-    @master_only
-    def save_network(
-        self: BaseModel, net: Any, net_label: str, current_iter: int | str, param_key: str | list[str] = "params"
-    ) -> None:
-        nets = net if isinstance(net, list) else [net]
-        keys = param_key if isinstance(param_key, list) else [param_key]
-        if len(nets) != len(keys):
-            raise ValueError(f"save_network: {len(nets)} networks but {len(keys)} param keys")
-        state = {
-            key: {k.removeprefix("module."): v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
-            for n, key in zip(nets, keys, strict=True)
-        }
-        name = f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth"
-        digest = atomic_save(state, os.path.join(self.opt["path"]["models"], name))
-        if isinstance(current_iter, int) and current_iter >= 0:  # what the training state will check on resume
-            files = self.__dict__.setdefault("checkpoint_files", {})
-            files.setdefault(current_iter, {})[name] = digest
-
-    BaseModel.save_network = save_network
-
-
-def _safe_load_network() -> None:
-    from basicsr.models.base_model import BaseModel
-    from basicsr.utils import get_root_logger
-
-    from erl_plugin.utils.checkpoint import load_fitting, load_weights
-
-    def load_network(self: BaseModel, net: Any, load_path: str, strict: bool = True, param_key: str = "params") -> None:
-        net = self.get_bare_model(net)
-        loaded = load_weights(load_path, param_key)
-        logger = get_root_logger()
-        logger.info(f"Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].")
-        note = net.partial_load_note(loaded) if hasattr(net, "partial_load_note") else None
-        if note is not None:  # a correct partial load: one line instead of a warning per key
-            logger.info(f"{type(net).__name__}: {note}")
-        else:
-            self._print_different_keys_loading(net, loaded, strict)
-        try:
-            load_fitting(net, loaded, strict=strict)
-        except ValueError as error:
-            raise ValueError(f"{load_path} does not fit {type(net).__name__}: {error}") from None
-
-    BaseModel.load_network = load_network
-
-
-def _sharded_dist_validation() -> None:
-    from basicsr.models.sr_model import SRModel
-
-    def dist_validation(self: SRModel, dataloader: Any, current_iter: int, tb_logger: Any, save_img: bool) -> None:
-        # Imported on first use: erl_plugin.models is not loaded yet while the patches apply.
-        from erl_plugin.models.validation import sharded_validation
-
-        sharded_validation(self, dataloader, current_iter, tb_logger, save_img)
-
-    SRModel.dist_validation = dist_validation
 
 
 def _plateau_stop() -> None:
@@ -421,27 +331,26 @@ def _root_outside_site_packages() -> None:
     sys.modules["__main__"].__file__ = os.path.join(root, "basicsr", _installed_script())
 
 
-PRE_IMPORT = (
+PLUGIN = (
     Patch("functional_tensor", _functional_tensor_missing, _alias_functional_tensor),
-    Patch("installed_root", lambda: _installed_script() is not None, _root_outside_site_packages),
+    Patch("lmdb_shared_env", _lmdb_refuses_reopen, _share_lmdb_envs),
 )
-POST_IMPORT = (
+"""Applied by ``import erl_plugin``: what the plugin's use of BasicSR's parts needs."""
+BASICSR_SCRIPTS = (
+    Patch("installed_root", lambda: _installed_script() is not None, _root_outside_site_packages),
     Patch("dist_init_cpu", _no_cuda, _gloo_on_cpu),
     Patch("ddp_cpu", _no_cuda, _ddp_without_device_ids),
-    Patch("lmdb_shared_env", _lmdb_refuses_reopen, _share_lmdb_envs),
-    Patch("exact_resume", _always, _exact_resume),
-    Patch("atomic_checkpoints", _always, _atomic_checkpoints),
-    Patch("safe_load", _always, _safe_load_network),
-    Patch("dist_validation", _always, _sharded_dist_validation),
+    Patch("resume_on_cpu", _no_cuda, _resume_on_cpu),
     Patch("no_force_yml", _always, _no_force_yml),
     Patch("safe_yaml", _always, _safe_yaml),
     Patch("plateau_stop", _always, _plateau_stop),
 )
-PATCH_NAMES = tuple(p.name for p in PRE_IMPORT + POST_IMPORT)
+"""Applied by the start-up hook when BasicSR's own train.py or test.py is the program."""
+PATCH_NAMES = tuple(p.name for p in PLUGIN + BASICSR_SCRIPTS)
 
 applied: list[str] = []
 """Names of the patches applied in this process, in order."""
-_done = False
+_done: set[str] = set()
 
 
 def _disabled() -> set[str]:
@@ -455,18 +364,25 @@ def _disabled() -> set[str]:
     return names - unknown
 
 
-def apply() -> list[str]:
-    """Apply every needed patch once; return the names applied in this process."""
-    global _done
-    if _done:
-        return applied
+def _apply(patches: tuple[Patch, ...]) -> list[str]:
     disabled = _disabled()
-    for stage in (PRE_IMPORT, POST_IMPORT):
-        for patch in stage:
-            if patch.name not in disabled and patch.needed():
-                patch.apply()
-                applied.append(patch.name)
-        if stage is PRE_IMPORT:
-            import basicsr  # noqa: F401  (post-import patches need basicsr loaded)
-    _done = True
+    for patch in patches:
+        if patch.name not in _done and patch.name not in disabled and patch.needed():
+            patch.apply()
+            applied.append(patch.name)
+        _done.add(patch.name)
     return applied
+
+
+def apply() -> list[str]:
+    """Apply :data:`PLUGIN` once (``import erl_plugin`` does); return the names applied in this process."""
+    _apply(PLUGIN[:1])  # functional_tensor, before basicsr is imported
+    import basicsr  # noqa: F401  (the others patch basicsr's objects)
+
+    return _apply(PLUGIN[1:])
+
+
+def apply_to_basicsr_scripts() -> list[str]:
+    """Apply :data:`BASICSR_SCRIPTS` once (the start-up hook does, in BasicSR's train.py and test.py)."""
+    apply()
+    return _apply(BASICSR_SCRIPTS)

@@ -1,4 +1,5 @@
-"""What ``erl-train`` and ``erl-test`` share: arguments, option checks, and the hand-over to BasicSR.
+"""What ``erl-train`` and ``erl-test`` share: arguments, option checks, the experiment's lock, and errors as
+one line with an exit status; the loops themselves are :mod:`erl_plugin.engine.pipeline`'s.
 
 The current directory is the root: ``experiments/``, ``results/`` and ``tb_logger/`` land there,
 as they would in a BasicSR checkout.
@@ -10,8 +11,8 @@ import errno
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from erl_plugin.engine.options import (
     scale_requested_iterations,
     validate_options,
 )
+from erl_plugin.engine.pipeline import RunRequest
 from erl_plugin.engine.schema import read_environment
 from erl_plugin.models.nonfinite import NonFiniteLossError
 from erl_plugin.models.schedulers import PlateauReached
@@ -68,8 +70,10 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train: bool, prog: str) -> int:
-    """Check the options, then run a BasicSR pipeline on them with the current directory as root."""
+def run(
+    pipeline: Callable[[dict[str, Any], RunRequest], None], argv: Sequence[str] | None, *, is_train: bool, prog: str
+) -> int:
+    """Check the options, then run ``pipeline`` on them with the current directory as root."""
     parser = build_parser(prog, f"{'Train' if is_train else 'Test'} with BasicSR and erl_plugin.")
     args = parser.parse_args(argv)
     try:
@@ -84,26 +88,24 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
     except OptionsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    flags = ["--launcher", args.launcher] + ["--auto_resume"] * args.auto_resume + ["--debug"] * args.debug
-    with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="erl_opt_") as tmp:
+    request = RunRequest(
+        launcher=args.launcher,
+        auto_resume=args.auto_resume,
+        debug=args.debug,
+        root=os.getcwd(),
+        options_file=args.opt,
+        options_text=_options_text(args.opt, opt, args.overrides, scale),
+        command=" ".join([prog, *(sys.argv[1:] if argv is None else argv)]),
+    )
+    with contextlib.ExitStack() as held:
         if _is_first_process():  # one lock per experiment, held by the rank that writes it
             try:
                 held.enter_context(output_lock(experiment_folder(opt, is_train, args.debug)))
             except OutputError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-        opt_path = args.opt
-        if args.overrides or scale is not None:
-            # BasicSR reads the options from a file and copies it into the experiment folder, so
-            # the file it gets is the resolved one.
-            opt_path = os.path.join(tmp, os.path.basename(args.opt))
-            with open(opt_path, "w", encoding="utf-8") as handle:
-                scaled = f" ({scale.source})" if scale is not None else ""
-                handle.write(f"# {args.opt} with{''.join(f' --set {o}' for o in args.overrides)}{scaled}\n")
-                yaml.safe_dump(opt, handle, sort_keys=False)
-        sys.argv = [prog, "-opt", opt_path, *flags]
         try:
-            pipeline(os.getcwd())
+            pipeline(opt, request)
         except PlateauReached as stop:  # the schedule's stopping rule: a normal end
             print(f"{prog}: training ended: {stop}", file=sys.stderr)
             return 0
@@ -130,6 +132,15 @@ def run(pipeline: Callable[[str], None], argv: Sequence[str] | None, *, is_train
             )
             return 1
     return 0
+
+
+def _options_text(path: str, opt: Mapping[str, Any], overrides: Sequence[str], scale: Any) -> str:
+    """The options as the experiment folder keeps them: the file, or what ``--set`` and the scale made of it."""
+    if not overrides and scale is None:
+        return Path(path).read_text(encoding="utf-8")
+    scaled = f" ({scale.source})" if scale is not None else ""
+    header = f"# {path} with{''.join(f' --set {o}' for o in overrides)}{scaled}\n"
+    return header + yaml.safe_dump(dict(opt), sort_keys=False)
 
 
 def experiment_folder(opt: Mapping[str, Any], is_train: bool, debug: bool = False) -> str:

@@ -5,6 +5,7 @@ BasicSR 1.4.2 trains and tests in fp32 only. This model reads the options of
 behaves as ``SRModel``: with none of them set it computes exactly what ``SRModel`` computes. It
 trains any single network (``model_type: DerainModel``, e.g. MEMD); ERLModel builds on it.
 
+Checkpoints, training states and validation come from :class:`~erl_plugin.models.reliable.ReliableTraining`.
 The forward pass runs under autocast, the losses in fp32 on the output cast back to fp32; fp16
 scales the loss with a GradScaler (bf16 needs none), whose scale is part of the training state.
 Networks are converted and compiled before they are DDP-wrapped, in place, so checkpoints keep
@@ -33,16 +34,17 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import Tensor, nn
 
 from erl_plugin.models.nonfinite import DEFAULT_LIMIT, NonFiniteGuard
+from erl_plugin.models.reliable import ReliableTraining
 from erl_plugin.models.schedulers import STOP_EVENT, PlateauLR, PlateauReached, build_scheduler
 from erl_plugin.models.stages import check_optimizers
 from erl_plugin.models.validation import first_validation_phase
-from erl_plugin.utils.resume import write_training_state
 from erl_plugin.utils.speed import autocast, check_compile, memory_format, prepare_network, resolve_precision
 
 
 @MODEL_REGISTRY.register()
-class DerainModel(SRModel):
-    """``SRModel`` plus the speed options of :mod:`erl_plugin.utils.speed`; see the module docstring."""
+class DerainModel(ReliableTraining, SRModel):
+    """``SRModel`` with :class:`ReliableTraining` and the speed options of :mod:`erl_plugin.utils.speed`; see the
+    module docstring."""
 
     @staticmethod
     def check_options(opt: Mapping[str, Any], networks: Mapping[str, nn.Module], is_train: bool) -> None:
@@ -258,8 +260,8 @@ class DerainModel(SRModel):
         return {"grad_scaler": self.grad_scaler.state_dict()} if self.grad_scaler.is_enabled() else {}
 
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """The training state of :mod:`erl_plugin.utils.resume` with :meth:`training_state_extras`."""
-        write_training_state(self, epoch, current_iter, self.training_state_extras())
+        """The training state of :class:`ReliableTraining`; the non-finite guard's way back starts there."""
+        super().save_training_state(epoch, current_iter)
         if current_iter != -1:
             self.nonfinite_guard.last_checkpoint = os.path.join(
                 self.opt["path"]["training_states"], f"{current_iter}.state"

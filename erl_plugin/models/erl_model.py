@@ -72,6 +72,7 @@ class ERLModel(DerainModel):
     """Staged ERL-Net training; see the module docstring. Options: ``options/erl_rain100h.yml``."""
 
     def __init__(self, opt: dict[str, Any]) -> None:
+        self.remember_options(opt)
         BaseModel.__init__(self, opt)  # SRModel's own __init__ would DDP-wrap before freezing
         net_g = build_network(copy.deepcopy(opt["network_g"]))
         if not isinstance(net_g, ERLNet):

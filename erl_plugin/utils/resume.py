@@ -1,22 +1,21 @@
 """Exact resume for BasicSR's train loop: RNG streams, data order, checked training states.
 
 BasicSR 1.4.2 restarts the interrupted epoch from its first batch and saves no RNG state, so a
-resumed run sees other batches than an uninterrupted one. :mod:`erl_plugin.engine.compat` (patch
-``exact_resume``) puts the pieces below into ``basicsr.train``, for ``erl-train`` and for
-``python basicsr/train.py`` alike:
+resumed run sees other batches than an uninterrupted one. ``erl-train``'s pipeline
+(:mod:`erl_plugin.engine.pipeline`) builds its loop from the pieces below:
 
 - every training sample is augmented under its own seed, drawn from ``manual_seed``, the epoch and
   its position in the epoch's global order (:class:`SeededDataset`): the data do not depend on the
   number of loader workers, on the process's RNG, nor on where a run was resumed;
 - :class:`ResumableSampler` is BasicSR's ``EnlargedSampler`` (same order) that can start an epoch
   at a given batch and restores the RNG state of the interrupted run just before its first batch;
-- a training state (:func:`write_training_state`) adds to BasicSR's the RNG states of python, numpy
-  and torch of every rank, the data position, what the options build (model type and networks),
-  and the SHA-256 of the network files written with it; it is written atomically and old ones are
-  pruned by ``logger.keep_last``;
+- a training state (:func:`write_training_state`, written by the plugin's models) adds to BasicSR's the
+  RNG states of python, numpy and torch of every rank, the data position, what the options build
+  (:func:`options_fingerprint`), and the SHA-256 of the network files written with it; it is written
+  atomically and old ones are pruned by ``logger.keep_last``;
 - :func:`load_resume_state` takes the newest state whose files are intact, falling back to the
   previous one with a warning, and refuses, before any file is touched, a state written by other
-  options.
+  options. BasicSR's own train.py uses it too (it loads states on the CPU, which upstream cannot).
 """
 
 import copy
@@ -201,14 +200,9 @@ class ResumableSampler(EnlargedSampler):
                 yield SeededIndex(index, sample_seed(self.seed, self.epoch, position * self.num_replicas + self.rank))
 
 
-_pending_state: dict[str, Any] | None = None
-_train_sampler: ResumableSampler | None = None
-_run_fingerprint: dict[str, Any] | None = None  # taken before BasicSR pops types out of the option sections
-
-
-def create_train_val_dataloader(opt: dict[str, Any], logger: Any) -> tuple:
-    """Drop-in for ``basicsr.train.create_train_val_dataloader`` with seeded, resumable training data."""
-    global _pending_state, _train_sampler
+def create_train_val_dataloader(opt: dict[str, Any], logger: Any, resume_state: Mapping[str, Any] | None) -> tuple:
+    """``basicsr.train.create_train_val_dataloader`` with seeded training data that resumes at the batch after
+    ``resume_state``'s (when given); returns the same five values."""
     logger.info(f"torch CPU threads: {torch.get_num_threads()} per process")
     train_loader = train_sampler = None
     val_loaders = []
@@ -255,13 +249,11 @@ def create_train_val_dataloader(opt: dict[str, Any], logger: Any) -> tuple:
             logger.info(f"Number of val images/folders in {dataset_opt['name']}: {len(val_set)}")
         else:
             raise ValueError(f"datasets.{phase}: phase not recognised (train, val, val_<n>)")
-    _train_sampler = train_sampler
-    if _pending_state is not None and train_sampler is not None:
-        exact, how = train_sampler.resume(_pending_state)
-        (logger.info if exact else logger.warning)(f"Resume from iteration {_pending_state['iter']}: {how}")
+    if resume_state is not None and train_sampler is not None:
+        exact, how = train_sampler.resume(resume_state)
+        (logger.info if exact else logger.warning)(f"Resume from iteration {resume_state['iter']}: {how}")
     if train_sampler is not None:
         total_epochs = math.ceil(max(total_iters - train_sampler.iter_offset, 0) / train_sampler.batches_per_epoch)
-    _pending_state = None
     # BasicSR's loop runs epochs up to total_epochs inclusive and stops at total_iter.
     return train_loader, train_sampler, val_loaders, total_epochs, total_iters
 
@@ -319,13 +311,23 @@ def first_difference(recorded: Any, current: Any, where: str = "") -> tuple[str,
     return None if recorded == current else (where, recorded, current)
 
 
-def write_training_state(model: Any, epoch: int, current_iter: int, extra: Mapping[str, Any] | None = None) -> None:
+def write_training_state(
+    model: Any,
+    epoch: int,
+    current_iter: int,
+    *,
+    files: Mapping[str, str],
+    data: Mapping[str, int] | None,
+    extra: Mapping[str, Any],
+) -> None:
     """Write ``<iter>.state`` (rank 0, atomically) and prune old checkpoints; every rank must call it.
 
     Args:
-        model: A BasicSR model (``optimizers``, ``schedulers``, ``opt``).
+        model: A plugin model (``optimizers``, ``schedulers``, ``opt``, ``options_fingerprint``).
         epoch: The epoch the loop is in.
         current_iter: The iteration just completed; -1 (BasicSR's "latest") writes nothing.
+        files: The network files written at this iteration and their SHA-256.
+        data: The sampler's position (None where the loop does not record it: BasicSR's train.py).
         extra: Entries a model adds (ERLModel: the stage).
     """
     if current_iter == -1:
@@ -334,17 +336,16 @@ def write_training_state(model: Any, epoch: int, current_iter: int, extra: Mappi
     rng = gather_rng(opt)
     if opt.get("rank", 0) != 0:
         return
-    files = getattr(model, "checkpoint_files", {}).pop(current_iter, {})
     state = {
         "epoch": epoch,
         "iter": current_iter,
         "optimizers": [optimizer.state_dict() for optimizer in model.optimizers],
         "schedulers": [scheduler.state_dict() for scheduler in model.schedulers],
         "rng": rng,
-        "data": _train_sampler.position(epoch, current_iter) if _train_sampler is not None else None,
-        "options": _run_fingerprint if _run_fingerprint is not None else options_fingerprint(opt),
-        "files": files,
-        **dict(extra or {}),
+        "data": dict(data) if data is not None else None,
+        "options": model.options_fingerprint,
+        "files": dict(files),
+        **dict(extra),
     }
     atomic_save(state, os.path.join(opt["path"]["training_states"], f"{current_iter}.state"))
     keep_last = (opt.get("logger") or {}).get("keep_last")
@@ -436,7 +437,7 @@ def check_compatible(opt: Mapping[str, Any], state: Mapping[str, Any], path: str
 
 
 def load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
-    """Drop-in for ``basicsr.train.load_resume_state``: checked states, fallback, CPU-safe.
+    """``basicsr.train.load_resume_state``, checked, with fallback, and loaded on the CPU.
 
     With ``--auto_resume`` takes the newest ``<iter>.state`` in ``path.training_states`` that loads
     and whose network files match their recorded checksums; a broken newer one is skipped with a
@@ -446,8 +447,6 @@ def load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
     Raises:
         ResumeError: before any file is written, naming the state and the reason.
     """
-    global _pending_state, _run_fingerprint
-    _run_fingerprint = options_fingerprint(opt)
     state_dir = opt["path"]["training_states"]
     if opt["auto_resume"]:
         iterations = checkpoint_iterations(state_dir)
@@ -475,5 +474,4 @@ def load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
     check_compatible(opt, state, path)
     opt["path"]["resume_state"] = path
     check_resume(opt, state["iter"])
-    _pending_state = copy.copy(state)
     return state

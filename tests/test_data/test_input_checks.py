@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from basicsr.models.base_model import BaseModel
 from conftest import REPO, run_python, tiny_options, write_options
 from PIL import Image, ImageFile, ImageOps
 
@@ -29,6 +28,7 @@ from erl_plugin.data.layouts import find_pairs, scan_images
 from erl_plugin.engine.options import OptionsError, validate_options
 from erl_plugin.evaluation.evaluate import load_network
 from erl_plugin.evaluation.inference import collect_images, derain_paths
+from erl_plugin.models.reliable import ReliableTraining
 from erl_plugin.utils.checkpoint import CheckpointError, load_weights, safe_load
 
 TINY = {"num_feat": 4, "num_dense_layers": 1, "growth_rate": 4}
@@ -72,7 +72,7 @@ def test_the_first_bad_tensor_is_named_and_integers_are_not_checked(tmp_path: Pa
 
 
 def test_every_loader_refuses_a_non_finite_checkpoint(tmp_path: Path) -> None:
-    """The tools' loader, the options check (pretrain_network_g and _t) and BasicSR's load_network."""
+    """The tools' loader, the options check (pretrain_network_g and _t) and the models' load_network."""
     key = _poisoned(tmp_path / "nan.pth")
     network = {"type": "MEMD", **TINY}
     (tmp_path / "net.yml").write_text(yaml.safe_dump({"network_g": network}))
@@ -82,7 +82,7 @@ def test_every_loader_refuses_a_non_finite_checkpoint(tmp_path: Path) -> None:
     opt["path"] = {"pretrain_network_g": str(tmp_path / "nan.pth")}
     with pytest.raises(OptionsError, match=rf"path\.pretrain_network_g: .*nan\.pth: tensor params\.{key} "):
         validate_options(opt, "opt.yml", is_train=False)
-    model = BaseModel.__new__(BaseModel)  # the patched load_network: training, resume and the teacher
+    model = ReliableTraining.__new__(ReliableTraining)  # the models' load_network: training, resume, the teacher
     with pytest.raises(CheckpointError, match=rf"tensor params\.{key} "):
         model.load_network(MEMD(**TINY), str(tmp_path / "nan.pth"))
 

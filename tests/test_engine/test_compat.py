@@ -1,9 +1,12 @@
 """Each compat patch fixes a real failure of basicsr 1.4.2 here, and that failure comes back without it.
 
 Every scenario runs in a fresh interpreter, once as is and once with the patch switched off through
-``ERL_PLUGIN_COMPAT_DISABLE``.
+``ERL_PLUGIN_COMPAT_DISABLE``. The patches for BasicSR's own scripts run as such a script: a file
+``basicsr/train.py`` in the test's folder, which the start-up hook recognises.
 """
 
+import shutil
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -34,7 +37,7 @@ def test_functional_tensor(tmp_path: Path) -> None:
 
 
 DIST_CODE = """
-import erl_plugin, torch, torch.distributed as dist
+import basicsr, torch, torch.distributed as dist
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.dist_util import init_dist
 init_dist("pytorch")
@@ -43,6 +46,13 @@ model = BaseModel({"num_gpu": 0, "is_train": False, "dist": True})
 print("wrapped", type(model.model_to_device(torch.nn.Linear(2, 2))).__name__)
 dist.destroy_process_group()
 """
+
+
+def _as_basicsr_script(folder: Path, code: str) -> list[str]:
+    """A ``basicsr/train.py`` holding ``code`` in ``folder``: the hook treats it as BasicSR's script."""
+    (folder / "basicsr").mkdir(exist_ok=True)
+    (folder / "basicsr" / "train.py").write_text(code)
+    return ["basicsr/train.py"]
 
 
 def _dist_env(disable: str = "") -> dict[str, str]:
@@ -54,35 +64,68 @@ def _dist_env(disable: str = "") -> dict[str, str]:
 
 
 def test_dist_init_and_ddp_on_cpu(tmp_path: Path) -> None:
-    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env())
+    result = run_python(_as_basicsr_script(tmp_path, DIST_CODE), tmp_path, _dist_env())
     assert result.returncode == 0, result.stderr
     assert "backend gloo" in result.stdout
     assert "wrapped DistributedDataParallel" in result.stdout
 
 
 def test_dist_init_fails_without_patch(tmp_path: Path) -> None:
-    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env("dist_init_cpu"))
+    result = run_python(_as_basicsr_script(tmp_path, DIST_CODE), tmp_path, _dist_env("dist_init_cpu"))
     assert result.returncode != 0
     assert "ZeroDivisionError" in result.stderr
 
 
 def test_ddp_fails_without_patch(tmp_path: Path) -> None:
-    result = run_python(["-c", DIST_CODE], tmp_path, _dist_env("ddp_cpu"))
+    result = run_python(_as_basicsr_script(tmp_path, DIST_CODE), tmp_path, _dist_env("ddp_cpu"))
     assert "backend gloo" in result.stdout
     assert result.returncode != 0
     assert "wrapped" not in result.stdout
 
 
+UPSTREAM_OBJECTS = (
+    "import erl_plugin\n"
+    "from basicsr.models.base_model import BaseModel\n"
+    "from basicsr.models.sr_model import SRModel\n"
+    "from basicsr.utils import dist_util, options\n"
+    "from erl_plugin.engine import compat\n"
+    "print(compat.applied)\n"
+    "print(BaseModel.save_network.__module__, BaseModel.model_to_device.__module__, SRModel.validation.__module__,"
+    " SRModel.dist_validation.__module__, dist_util._init_dist_pytorch.__module__, options.parse_options.__module__)\n"
+)
+
+
+def test_importing_the_plugin_leaves_basicsr_s_classes_as_upstream(tmp_path: Path) -> None:
+    """A program of one's own that imports erl_plugin gets the two import fixes only; the plugin's features are
+    methods of its own models and pipeline."""
+    result = run_python(["-c", UPSTREAM_OBJECTS], tmp_path)
+    assert result.returncode == 0, result.stderr
+    applied, modules = result.stdout.strip().splitlines()
+    assert set(eval(applied)) <= {"functional_tensor", "lmdb_shared_env"}  # noqa: S307 (a printed list)
+    assert modules.split() == [
+        "basicsr.models.base_model",
+        "basicsr.models.base_model",
+        "basicsr.models.base_model",
+        "basicsr.models.sr_model",
+        "basicsr.utils.dist_util",
+        "basicsr.utils.options",
+    ]
+
+
 @pytest.mark.slow
 def test_resume_on_cpu(tmp_path: Path, tiny_lmdb: dict[str, str]) -> None:
-    opt_file = write_options(tmp_path, tiny_options(tiny_lmdb, total_iter=2))
-    first = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file)], tmp_path)
+    """BasicSR's train.py loads a training state onto the current CUDA device; without CUDA it resumes only
+    through the plugin's loader."""
+    (tmp_path / "basicsr").mkdir()
+    shutil.copy(Path(sysconfig.get_paths()["purelib"]) / "basicsr" / "train.py", tmp_path / "basicsr" / "train.py")
+    write_options(tmp_path, tiny_options(tiny_lmdb, total_iter=2))
+    first = run_python(["basicsr/train.py", "-opt", "opt.yml"], tmp_path)
     assert first.returncode == 0, first.stderr
-    more = ["--auto_resume", "--set", "train.total_iter=4"]
-    broken = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file), *more], tmp_path, {DISABLE: "exact_resume"})
+    write_options(tmp_path, tiny_options(tiny_lmdb, total_iter=4), "more.yml")
+    broken = run_python(["basicsr/train.py", "-opt", "more.yml", "--auto_resume"], tmp_path, {DISABLE: "resume_on_cpu"})
     assert broken.returncode != 0
     assert "load_resume_state" in broken.stderr
-    resumed = run_python(["-m", "erl_plugin.train", "-opt", str(opt_file), *more], tmp_path)
+    resumed = run_python(["basicsr/train.py", "-opt", "more.yml", "--auto_resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming training from epoch: 0, iter: 2." in resumed.stderr
     assert (tmp_path / "experiments/tiny/training_states/4.state").is_file()
