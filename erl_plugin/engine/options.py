@@ -180,6 +180,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+SCALED_EVENTS = 10
+"""A run scaled down validates and saves about this many times at most: a validation costs the same at any
+scale, so the file's spacing (the flagship's 61 validations) would make a short run mostly validation."""
+SCALED_KEEP_LAST = 2
+"""``logger.keep_last`` of a run scaled down whose options set none (the checkpoints of its stages stay)."""
+
+
 def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     """A copy of ``opt`` with every iteration count multiplied by ``factor`` (rounded, at least 1).
 
@@ -189,6 +196,10 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     and ``logger.print_freq``. ``total_iter`` becomes the sum of the
     scaled stages when there are stages, so the two always agree. A value that is not a number (or a
     section that is not a mapping) is left as written, for :func:`validate_options` to name.
+
+    Scaled down (``factor`` < 1), validation and checkpoints are spaced at least ``total_iter /``
+    :data:`SCALED_EVENTS` apart (a PlateauLR's patience at least one validation apart), and
+    ``logger.keep_last`` defaults to :data:`SCALED_KEEP_LAST`.
 
     Raises:
         OptionsError: ``factor`` is not a finite number > 0, or a scaled count is not finite.
@@ -234,7 +245,26 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
                 scheduler[key] = scaled_list(scheduler[key])
         if isinstance(scheduler.get("patience"), int) and not isinstance(scheduler["patience"], bool):
             scheduler["patience"] = scaled(scheduler["patience"])
+    if factor < 1 and _is_number(train.get("total_iter")):
+        _space_out_scaled_events(result, int(train["total_iter"]), list(map(mapping, schedulers)))
     return result
+
+
+def _space_out_scaled_events(opt: dict[str, Any], total_iter: int, schedulers: list[dict[str, Any]]) -> None:
+    """Floors of a run scaled down: see :func:`scale_iterations`."""
+    spacing = max(1, math.ceil(total_iter / SCALED_EVENTS))
+    for section, key in (("val", "val_freq"), ("logger", "save_checkpoint_freq")):
+        values = opt.get(section)
+        if isinstance(values, dict) and _is_number(values.get(key)) and values[key] < spacing:
+            values[key] = spacing
+    val_freq = (opt.get("val") or {}).get("val_freq") if isinstance(opt.get("val"), dict) else None
+    for scheduler in schedulers:
+        patience = scheduler.get("patience")
+        if scheduler.get("type") == "PlateauLR" and _is_number(patience) and _is_number(val_freq):
+            scheduler["patience"] = max(patience, val_freq)
+    logger = opt.get("logger")
+    if isinstance(logger, dict) and "keep_last" not in logger:
+        logger["keep_last"] = SCALED_KEEP_LAST
 
 
 def import_custom_modules(opt: Mapping[str, Any], source: str) -> list[str]:

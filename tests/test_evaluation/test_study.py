@@ -34,11 +34,29 @@ def test_scale_iterations_scales_every_count_together():
     assert train["scheduler"]["milestones"] == [150, 212]
     assert train["stage_options"]["teacher"]["scheduler"]["milestones"] == [30, 42]
     assert train["stage_options"]["stage2"]["scheduler"]["milestones"] == [75]
-    assert opt["val"]["val_freq"] == 50 and opt["logger"]["save_checkpoint_freq"] == 125
+    # 11 validations at full scale; scaled down, at most 10 (a validation costs the same at any scale)
+    assert opt["val"]["val_freq"] == 55 and opt["logger"]["save_checkpoint_freq"] == 125
     tiny = scale_iterations(load_options(str(REPO / "options/study/memd.yml")), 0.001)
     assert tiny["train"]["total_iter"] == 1 and tiny["train"]["scheduler"]["milestones"] == [1, 1]
     with pytest.raises(OptionsError, match="iters_scale 0 must be a number > 0"):
         scale_iterations(opt, 0)
+
+
+def test_a_run_scaled_down_validates_and_saves_about_ten_times_and_keeps_two_checkpoints():
+    """The flagship at 1e-4 (122 iterations) validated and saved 61 times each, as its file spaces them."""
+    flagship = load_options(str(REPO / "options/erl_rain100h.yml"))
+    opt = scale_iterations(flagship, 1e-4)
+    assert opt["train"]["total_iter"] == 122 and opt["val"]["val_freq"] == opt["logger"]["save_checkpoint_freq"] == 13
+    assert opt["logger"]["keep_last"] == 2 and "keep_last" not in flagship["logger"]
+    assert (
+        scale_iterations({**flagship, "logger": {**flagship["logger"], "keep_last": 5}}, 1e-4)["logger"]["keep_last"]
+        == 5
+    )  # a keep_last of the file's own stays
+    plateau = {"type": "PlateauLR", "metric": "psnr", "patience": 40}
+    opt = scale_iterations({"train": {"total_iter": 1000, "scheduler": plateau}, "val": {"val_freq": 10}}, 0.1)
+    assert opt["val"]["val_freq"] == 10 and opt["train"]["scheduler"]["patience"] == 10  # one validation apart
+    assert scale_iterations(flagship, 2)["val"]["val_freq"] == 40000  # scaled up: spacing as the file's
+    assert "keep_last" not in scale_iterations(flagship, 2)["logger"]
 
 
 def test_the_converged_study_forks_every_phase_b_arm_from_phase_a():
