@@ -14,8 +14,10 @@ torch, no basicsr, nothing slow. The first time ``basicsr`` is imported:
   torchvision (:func:`alias_functional_tensor`). Such a program imports ``erl_plugin`` itself to use
   the plugin.
 
-Set ``ERL_PLUGIN_NO_HOOK=1`` to disable it. The hook never raises: if erl_plugin cannot be
-imported, it prints one warning and basicsr loads as it would without the plugin.
+A second finder (:class:`PluginFinder`) keeps a clone's folder from shadowing the installed
+``erl_plugin`` when Python runs from the folder above it. Set ``ERL_PLUGIN_NO_HOOK=1`` to disable both.
+The hook never raises: if erl_plugin cannot be imported, it prints one warning and basicsr loads as it
+would without the plugin.
 """
 
 import os
@@ -100,12 +102,33 @@ class BasicsrFinder:
             return None
 
 
+class PluginFinder:
+    """Meta path finder that keeps a folder named ``erl_plugin`` without ``__init__.py`` from shadowing the
+    installed package. Run from the parent of a clone named ``erl_plugin``, Python's path finder takes the
+    clone as a namespace package before an editable install's finder is asked; this finder asks every other
+    finder in order and takes the first real package."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "erl_plugin" or path is not None:
+            return None
+        try:
+            for finder in sys.meta_path:
+                find_spec = getattr(finder, "find_spec", None)
+                spec = find_spec(fullname, path, target) if finder is not self and find_spec else None
+                if spec is not None and spec.loader is not None:
+                    return spec
+        except Exception:
+            pass
+        return None
+
+
 def install():
-    """Put the finder first on sys.meta_path unless disabled or there. Run by erl_plugin_hook.pth."""
+    """Put the finders first on sys.meta_path unless disabled or there. Run by erl_plugin_hook.pth."""
     try:
         if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
             return
-        if not any(isinstance(finder, BasicsrFinder) for finder in sys.meta_path):
-            sys.meta_path.insert(0, BasicsrFinder())
+        for finder_type in (PluginFinder, BasicsrFinder):
+            if not any(isinstance(finder, finder_type) for finder in sys.meta_path):
+                sys.meta_path.insert(0, finder_type())
     except Exception:
         pass

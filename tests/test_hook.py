@@ -54,6 +54,16 @@ UPSTREAM = (
 )
 
 
+def test_a_clone_s_folder_never_shadows_the_installed_package(tmp_path: Path) -> None:
+    """From the parent of a clone named erl_plugin, that folder (no __init__.py at its top) would be imported
+    as a namespace package before an editable install's finder is asked."""
+    (tmp_path / "erl_plugin" / "erl_plugin").mkdir(parents=True)  # a clone's root, with its package inside
+    code = "import erl_plugin; print(erl_plugin.__file__, hasattr(erl_plugin, 'Derainer'))"
+    result = run_python(["-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(REPO / "erl_plugin" / "__init__.py"), "True"]
+
+
 def test_any_other_program_gets_basicsr_as_upstream(tmp_path: Path) -> None:
     """A script that imports basicsr sees BasicSR's own objects: no plugin, no patch, nothing registered."""
     (tmp_path / "script.py").write_text(UPSTREAM)
@@ -107,7 +117,8 @@ def test_basicsr_scripts_in_a_checkout_train_resume_and_test_plugin_models(
     opt.pop("train")
     opt["datasets"] = {"test_1": {**opt["datasets"]["val"]}}
     opt["path"]["pretrain_network_g"] = str(checkout / "experiments/checkout/models/net_g_latest.pth")
-    tested = run_python(["basicsr/test.py", "-opt", str(write_options(checkout / "options", opt, "test.yml"))], checkout)
+    test_file = write_options(checkout / "options", opt, "test.yml")
+    tested = run_python(["basicsr/test.py", "-opt", str(test_file)], checkout)
     assert tested.returncode == 0, tested.stderr
     assert "Model [DerainModel] is created." in tested.stderr and "# psnr: " in tested.stderr
 
