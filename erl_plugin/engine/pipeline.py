@@ -11,7 +11,9 @@ differs is passed in, not patched into BasicSR:
   RNG-neutral and sharded validation;
 - the training data are seeded per sample and the sampler resumes at the next batch
   (:mod:`erl_plugin.utils.resume`), so a run resumed after a kill repeats the uninterrupted one bitwise;
-- ``--launcher pytorch`` starts gloo process groups on a machine without CUDA.
+- ``--launcher pytorch`` starts gloo process groups on a machine without CUDA;
+- the first step of a run is logged as well as every ``print_freq``-th, so a long run shows its pace at once;
+- each run logs to its own file, also when a process runs several (a notebook, the tests).
 """
 
 import contextlib
@@ -219,6 +221,7 @@ def _train_loop(opt: dict[str, Any], resume_state: Mapping[str, Any] | None, log
     prefetcher = _prefetcher(opt, train_loader, logger)
 
     logger.info(f"Start training from epoch: {start_epoch}, iter: {current_iter}")
+    first_iter = current_iter + 1
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     val_opt = opt.get("val")
@@ -238,7 +241,8 @@ def _train_loop(opt: dict[str, Any], resume_state: Mapping[str, Any] | None, log
             iter_timer.record()
             if current_iter == 1:
                 msg_logger.reset_start_time()  # a more accurate ETA (not when resuming)
-            if current_iter % opt["logger"]["print_freq"] == 0:
+            # The run's first step is logged too: a long run shows its pace at once, not after print_freq steps.
+            if current_iter % opt["logger"]["print_freq"] == 0 or current_iter == first_iter:
                 log_vars = {"epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate()}
                 log_vars.update(time=iter_timer.get_avg_time(), data_time=data_timer.get_avg_time())
                 log_vars.update(model.get_current_log())
