@@ -7,14 +7,20 @@ end; the exit status is then 1 (0 when every file was derained, 2 on an error be
 Without --checkpoint, the network's weights come from the options' ``path.pretrain_network_g`` (with
 ``path.param_key_g``), as BasicSR's test.py takes them.
 
+--score also scores every input and its output with NIQE, a no-reference metric (no clean image needed;
+lower is better; not comparable to PSNR/SSIM): niqe.csv (per image) and niqe.md (the means) go into
+--output and one summary line naming the metric to stderr. Images smaller than NIQE's two 96x96 blocks
+are derained and listed as not scored.
+
 Examples:
     erl-derain --opt options/erl_demo.yml \
         --checkpoint experiments/erl_demo/models/net_g_latest.pth \
-        --input photos/ --output results/photos_derained --compare
+        --input photos/ --output results/photos_derained --compare --score
     erl-derain --opt options/test/erl_demo.yml --input photos/ --output results/photos_derained
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -53,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         help="default: cuda when available, else cpu",
     )
     parser.add_argument("--compare", action="store_true", help="also write <stem>_compare.png (rainy | derained)")
+    parser.add_argument(
+        "--score",
+        action="store_true",
+        help="also write niqe.csv and niqe.md: NIQE (no-reference, lower is better) of every input and output",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace images an earlier run wrote in --output (never yours)"
@@ -78,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             side_by_side=args.compare,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            score=args.score,
         )
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.summary())
+    if report.niqe is not None:
+        for _, reason in report.niqe.skipped:
+            print(f"note: {reason}", file=sys.stderr)
+        print(f"{report.niqe.summary()}; per image in {os.path.join(args.output, 'niqe.csv')}", file=sys.stderr)
     return 1 if report.skipped else 0

@@ -1,8 +1,9 @@
-"""Derain a paired test folder with a trained network, score it and show it.
+"""Derain a paired test folder with a trained network, score it and show it; or rainy photos without clean images.
 
-Scores use the ``basicsr`` protocol: BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on the Y
-channel (MATLAB-style YCbCr, 11x11 Gaussian SSIM), no border crop. Every printed or written number
-names it.
+Paired scores use the ``basicsr`` protocol: BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on the Y
+channel (MATLAB-style YCbCr, 11x11 Gaussian SSIM), no border crop. Photos without a clean image are
+scored with NIQE, no-reference (:data:`~erl_plugin.metrics.no_reference.NIQE_PROTOCOL`), in tables of
+their own. Every printed or written number names its protocol.
 """
 
 import csv
@@ -23,9 +24,11 @@ from torch import nn
 from erl_plugin.archs.erl_arch import build_backbone
 from erl_plugin.data.dataset_check import check_identity
 from erl_plugin.data.derain_dataset import DerainPairedDataset
+from erl_plugin.data.images import read_image, read_image_size
 from erl_plugin.data.layouts import detect_layout
 from erl_plugin.engine.options import OptionsError, import_custom_modules, load_options
-from erl_plugin.evaluation.inference import derain_tiled
+from erl_plugin.evaluation.inference import NIQE_FILES, bgr8, collect_images, derain_tiled
+from erl_plugin.metrics.no_reference import NiqeError, NiqeScores, check_niqe_size
 from erl_plugin.metrics.protocols import psnr, ssim
 from erl_plugin.models.headroom import Headroom, measure_headroom
 from erl_plugin.models.validation import first_validation_phase
@@ -218,6 +221,25 @@ def format_table(title: str, means: dict[str, Score], scored: Mapping[str, str] 
     return "\n".join(lines)
 
 
+RESERVED_LABELS = ("rainy", "rainy input", "clean")
+"""Names the tables give the input and the target, which no model may take."""
+
+
+def check_labels(models: Sequence[tuple[str, str, str]]) -> None:
+    """Refuse model labels that repeat or take a name of :data:`RESERVED_LABELS` (a row would hide another).
+
+    Raises:
+        ValueError: Naming the label.
+    """
+    seen: set[str] = set()
+    for label, _, _ in models:
+        if label in RESERVED_LABELS:
+            raise ValueError(f"model label {label!r} names the input or target; choose another (not {RESERVED_LABELS})")
+        if label in seen:
+            raise ValueError(f"model label {label!r} is given twice; each model needs a label of its own")
+        seen.add(label)
+
+
 def evaluate(
     models: Sequence[tuple[str, str, str]],
     data_dir: str,
@@ -240,6 +262,7 @@ def evaluate(
     Returns:
         Mean scores for ``"rainy input"`` and each label.
     """
+    check_labels(models)
     inputs = [data_dir, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))]
     with OutputFolder(out_dir, tool="evaluate", overwrite=overwrite, inputs=inputs) as out:
         out.claim(EVALUATION_FILES)
@@ -275,6 +298,79 @@ def _evaluate(
     scored = {label: network.scored for label, network in loaded.items()}
     out.write_text("summary.md", format_table(title, means, scored) + "\n")
     return means
+
+
+NO_REFERENCE_FILES = (*NIQE_FILES, "comparison.png")
+
+
+def evaluate_no_reference(
+    models: Sequence[tuple[str, str, str]],
+    photos: Sequence[str],
+    out_dir: str,
+    show: int = 4,
+    overwrite: bool = False,
+) -> NiqeScores:
+    """Derain rainy photos that have no clean image with each model; score the input and every output with
+    NIQE, no-reference (:data:`~erl_plugin.metrics.no_reference.NIQE_PROTOCOL`; lower is better).
+
+    Photos are read upright (:func:`~erl_plugin.data.images.read_image`), derained whole and scored on their
+    8-bit BGR view (:func:`~erl_plugin.evaluation.inference.bgr8`). A photo smaller than NIQE's minimum is
+    listed as not scored (and not derained); so is one an output of which NIQE cannot score.
+
+    Args:
+        models: ``(label, options file, checkpoint)`` per model.
+        photos: Image files and folders (folders read as erl-derain reads them, not recursively).
+        out_dir: Receives ``niqe.csv`` (per image), ``niqe.md`` (the table) and ``comparison.png``
+            (rainy | each model, for ``show`` photos spread over the scored ones).
+        overwrite: Replace those files when an earlier run wrote them (:class:`OutputFolder`).
+
+    Returns:
+        The scores: versions ``"rainy input"`` and each label.
+
+    Raises:
+        NiqeError: No photo is as large as NIQE's minimum (before any network runs), naming each.
+        ImageFileError: A photo cannot be read.
+        ValueError: A model label repeats or is reserved (:func:`check_labels`).
+    """
+    check_labels(models)
+    inputs = [*photos, *(path for _, opt, checkpoint in models for path in (opt, checkpoint))]
+    with OutputFolder(out_dir, tool="evaluate", overwrite=overwrite, inputs=inputs) as out:
+        out.claim(NO_REFERENCE_FILES)
+        return _evaluate_no_reference(models, photos, out, show)
+
+
+def _evaluate_no_reference(
+    models: Sequence[tuple[str, str, str]], photos: Sequence[str], out: OutputFolder, show: int
+) -> NiqeScores:
+    files = collect_images(photos)
+    too_small: dict[str, str] = {}
+    for file in files:
+        try:
+            check_niqe_size(*read_image_size(file), str(file))
+        except NiqeError as error:
+            too_small[str(file)] = str(error)
+    if len(too_small) == len(files):
+        raise NiqeError("no photo can be scored: " + "; ".join(too_small.values()))
+    loaded = {label: load_network(opt_path, checkpoint) for label, opt_path, checkpoint in models}
+    scores = NiqeScores(["rainy input", *loaded])
+    count = len(files) - len(too_small)
+    shown = set(np.linspace(0, count - 1, min(show, count)).round().astype(int).tolist())
+    rows = []
+    for file in files:
+        name = str(file)
+        if name in too_small:
+            scores.skip(name, too_small[name])
+            continue
+        rainy = read_image(file)
+        outputs = [bgr8(derain(network.net, rainy)) for network in loaded.values()]
+        if scores.add(name, [bgr8(rainy), *outputs]) and len(scores.names) - 1 in shown:
+            rows.append((bgr8(rainy), *outputs))
+    out.write_text("niqe.csv", scores.csv())
+    out.write_image("comparison.png", side_by_side(rows, ["rainy", *loaded]))
+    title = f"{', '.join(photos)} ({len(files)} photos without clean images)"
+    scored = {label: network.scored for label, network in loaded.items()}
+    out.write_text("niqe.md", scores.markdown(title, scored) + "\n")
+    return scores
 
 
 def checkpoint_headroom(opt_path: str, network_g: str, teacher: str, data: str | None = None) -> Headroom:

@@ -26,6 +26,7 @@ from erl_plugin.archs.memd_arch import pad_to_multiple
 from erl_plugin.archs.protocol import FeaturePoint
 from erl_plugin.data.images import ImageFileError, read_image
 from erl_plugin.data.layouts import IMAGE_EXTENSIONS, scan_images
+from erl_plugin.metrics.no_reference import NiqeScores
 from erl_plugin.utils.outputs import OutputFolder
 from erl_plugin.utils.speed import (
     PRECISIONS,
@@ -39,7 +40,9 @@ from erl_plugin.utils.speed import (
 __all__ = [
     "PRECISIONS",
     "DerainReport",
+    "NIQE_FILES",
     "UnsupportedImageError",
+    "bgr8",
     "collect_images",
     "derain_paths",
     "derain_tiled",
@@ -50,6 +53,9 @@ __all__ = [
 
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
+NIQE_FILES = ("niqe.csv", "niqe.md")
+"""What :func:`derain_paths` writes with ``score``: NIQE of every input and output, per image and the means."""
+
 
 class UnsupportedImageError(ValueError):
     """An image decodes but has a pixel type or channel count the networks cannot take."""
@@ -57,12 +63,14 @@ class UnsupportedImageError(ValueError):
 
 @dataclass
 class DerainReport:
-    """What :func:`derain_paths` did: files written, files skipped with the reason, settings used."""
+    """What :func:`derain_paths` did: files written, files skipped with the reason, settings used, and with
+    ``score`` the NIQE of the inputs and outputs."""
 
     device: str
     precision: str
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    niqe: NiqeScores | None = None
 
     def summary(self) -> str:
         """One line of counts and settings, then one line per skipped file."""
@@ -264,8 +272,9 @@ def _plan(files: Sequence[Path], out_dir: Path, compare: bool) -> list[tuple[Pat
     return plan
 
 
-def _preview(image: np.ndarray) -> np.ndarray:
-    """An 8-bit BGR view of an image for the comparison picture (alpha dropped)."""
+def bgr8(image: np.ndarray) -> np.ndarray:
+    """An 8-bit BGR view of any image :func:`derain_tiled` takes: 16-bit divided by 257 and rounded, gray
+    repeated to three channels, alpha dropped (for comparison pictures and NIQE)."""
     if image.dtype == np.uint16:
         image = np.rint(image / 257.0).astype(np.uint8)
     if image.ndim == 2 or image.shape[2] == 1:
@@ -287,6 +296,7 @@ def derain_paths(
     side_by_side: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    score: bool = False,
 ) -> DerainReport:
     """Derain image files and folders into ``out_dir``, each under its own file name and format.
 
@@ -310,18 +320,23 @@ def derain_paths(
         progress: Show a progress bar.
         overwrite: Replace outputs an earlier run wrote into ``out_dir`` (never a file of the user's there;
             see :class:`~erl_plugin.utils.outputs.OutputFolder`).
+        score: Also score every input and its output with NIQE, no-reference
+            (:data:`~erl_plugin.metrics.no_reference.NIQE_PROTOCOL`, on :func:`bgr8` views), into
+            :data:`NIQE_FILES`; an image too small or too flat for NIQE is derained and listed as not scored.
 
     Returns:
-        The files written and skipped, and the device and precision actually used.
+        The files written and skipped, the device and precision actually used, and the NIQE scores.
     """
     _check_tiling(tile, overlap)
     dtype = resolve_precision(precision, device)
     with OutputFolder(out_dir, tool="derain", overwrite=overwrite, inputs=inputs) as out:
         plan = _plan(collect_images(inputs), Path(out_dir), side_by_side)
-        out.claim(output.name for _, *outputs in plan for output in outputs if output is not None)
+        names = [output.name for _, *outputs in plan for output in outputs if output is not None]
+        out.claim([*names, *(NIQE_FILES if score else ())])
         compile_options = check_compile(compile)
         net = prepare_network(net, torch.device(device), channels_last, compile_options)
         report = DerainReport(device=str(device), precision=precision if dtype is not None else "fp32")
+        report.niqe = NiqeScores(["rainy input", "derained"]) if score else None
         for source, output, compare in tqdm(plan, desc="derain", unit="image", disable=not progress):
             try:
                 image = read_image(source)
@@ -331,5 +346,10 @@ def derain_paths(
                 continue
             report.written.append(out.write_image(output.name, result))
             if compare is not None:
-                out.write_image(compare.name, cv2.hconcat([_preview(image), _preview(result)]))
+                out.write_image(compare.name, cv2.hconcat([bgr8(image), bgr8(result)]))
+            if report.niqe is not None:
+                report.niqe.add(str(source), [bgr8(image), bgr8(result)])
+        if report.niqe is not None:
+            out.write_text("niqe.csv", report.niqe.csv())
+            out.write_text("niqe.md", report.niqe.markdown(f"Inputs derained into {out_dir}") + "\n")
     return report
