@@ -57,7 +57,10 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime"],
+        "export": ["onnx", "onnxruntime"],
+    },
     entry_points={
         "console_scripts": [
             "erl-train = erl_plugin.train:main",
@@ -69,6 +72,7 @@ setup(
             "erl-create-lmdb = erl_plugin.cli.create_lmdb:main",
             "erl-synthesize-rain = erl_plugin.cli.synthesize_rain:main",
             "erl-headroom = erl_plugin.cli.headroom:main",
+            "erl-export = erl_plugin.cli.export:main",
         ]
     },
     cmdclass={"build_py": BuildPyWithHook, "editable_wheel": EditableWheelWithHook},

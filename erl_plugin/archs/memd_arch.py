@@ -18,7 +18,6 @@ teacher needs the image).
 """
 
 import torch
-import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import Tensor, nn
 
@@ -31,20 +30,31 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _pad_mode(pad: int, side: int) -> str:
-    """Reflect padding needs ``pad < side``; fall back to replicate for tiny inputs."""
-    return "reflect" if pad < side else "replicate"
+def _padding_index(like: Tensor, size: int | Tensor, pad: int | Tensor) -> Tensor:
+    """Indices that extend a dimension of ``size`` by ``pad`` at the end: reflect, or replicate where
+    reflection would run past the start (``pad >= size``, tiny inputs); on ``like``'s device.
+
+    Tensor ops only, so that a trace (TorchScript, ONNX) keeps them dynamic in ``size`` and follows the
+    input's device (``new_ones``, not ``arange(device=...)``, which a trace records as a constant device).
+    """
+    index = like.new_ones(size + pad, dtype=torch.long).cumsum(0) - 1
+    reflected = torch.where(index < size, index, 2 * (size - 1) - index)
+    return torch.where(reflected.min() >= 0, reflected, index.clamp(max=size - 1))
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Pad the bottom and right of ``x`` (reflect) so that its height and width divide by ``multiple``."""
+    """Pad the bottom and right of ``x`` (reflect; replicate where a side is not longer than its pad) so that
+    its height and width divide by ``multiple``.
+
+    Rows and columns are gathered by index: exactly the values of ``torch.nn.functional.pad`` (``reflect``,
+    else ``replicate``), in a form that traces (TorchScript, ONNX) with the input's size left dynamic.
+    """
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_w:
-        x = F.pad(x, (0, pad_w, 0, 0), mode=_pad_mode(pad_w, width))
-    if pad_h:
-        x = F.pad(x, (0, 0, 0, pad_h), mode=_pad_mode(pad_h, height))
-    return x
+    if not torch.jit.is_tracing() and not (pad_h or pad_w):
+        return x
+    x = x.index_select(-1, _padding_index(x, width, pad_w))
+    return x.index_select(-2, _padding_index(x, height, pad_h))
 
 
 class DenseBlock(nn.Module):

@@ -1,2 +1,3 @@
-"""Scoring trained networks: evaluation, tiled inference, analysis and leaderboards (the code behind
-``tools/evaluate.py``, ``derain.py``, ``analyze.py`` and ``leaderboard.py``)."""
+"""Scoring and using trained networks: evaluation (with and without clean references), tiled inference,
+analysis, leaderboards, export and the Python API (the code behind ``erl-evaluate``, ``erl-derain``,
+``erl-analyze``, ``erl-leaderboard`` and ``erl-export``)."""

@@ -33,6 +33,7 @@ def test_every_tool_is_an_installed_command(tmp_path: Path) -> None:
         "erl-create-lmdb",
         "erl-synthesize-rain",
         "erl-headroom",
+        "erl-export",
     }
     for name, module in declared:
         assert shutil.which(name, path=str(Path(sys.executable).parent)), f"{name} is not installed"
