@@ -1,21 +1,24 @@
 """Derain from Python in one call: a trained network from its options and checkpoint.
 
 Example:
-    >>> from erl_plugin import Derainer
-    >>> derainer = Derainer("options/test/erl_rain100h.yml", "experiments/erl_rain100h/models/net_g_latest.pth")
+    >>> import erl_plugin
+    >>> derainer = erl_plugin.load("experiments/erl_rain100h/models/net_g_latest.pth")  # its run's options
     >>> clean = derainer(cv2.imread("rainy.png", cv2.IMREAD_UNCHANGED))  # any size, uint8 or uint16
-    >>> report = derainer.derain_paths(["my_photos/"], "derained/")  # as erl-derain does
+    >>> batch = derainer(torch.rand(2, 3, 64, 64))  # RGB in [0, 1], as BasicSR's datasets give it
+    >>> report = derainer.derain_paths(["my_photos/"], "derained/", progress=True)  # as erl-derain does
 """
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from erl_plugin.engine.options import OptionsError
 from erl_plugin.evaluation.evaluate import checkpoint_from_options, load_network
-from erl_plugin.evaluation.inference import DerainReport, derain_paths, derain_tiled
-from erl_plugin.utils.speed import prepare_network, resolve_precision
+from erl_plugin.evaluation.inference import DerainReport, derain_paths, derain_tiled, tiled_forward
+from erl_plugin.utils.speed import autocast, prepare_network, resolve_precision
 
 
 class Derainer:
@@ -51,9 +54,26 @@ class Derainer:
         self.precision, self.tile, self.overlap = precision, tile, overlap
         self.net = prepare_network(loaded.net, self.device, False, None)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Derain one OpenCV image (gray, BGR or BGRA; uint8 or uint16), returned in the same format."""
-        return derain_tiled(self.net, image, self.tile, self.overlap, self.device, self.dtype)
+    def __call__(self, image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Derain one OpenCV image (gray, BGR or BGRA; uint8 or uint16), returned in the same format; or a
+        float tensor of RGB in ``[0, 1]``, ``(3, H, W)`` or ``(N, 3, H, W)``, returned as float32 on its
+        device, clamped to ``[0, 1]``.
+
+        Raises:
+            ValueError: A tensor of another shape or dtype.
+        """
+        if not isinstance(image, torch.Tensor):
+            return derain_tiled(self.net, image, self.tile, self.overlap, self.device, self.dtype)
+        if image.ndim not in (3, 4) or image.shape[-3] != 3 or not image.is_floating_point():
+            raise ValueError(
+                f"a tensor to derain is float RGB in [0, 1], (3, H, W) or (N, 3, H, W); got {image.dtype} "
+                f"{tuple(image.shape)}"
+            )
+        batch = image if image.ndim == 4 else image[None]
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            out = tiled_forward(self.net, batch.to(self.device, torch.float32), self.tile, self.overlap)
+        out = out.float().clamp(0, 1).to(image.device)
+        return out if image.ndim == 4 else out[0]
 
     def derain_paths(
         self,
@@ -63,8 +83,10 @@ class Derainer:
         overwrite: bool = False,
         side_by_side: bool = False,
         progress: bool = False,
+        score: bool = False,
     ) -> DerainReport:
-        """Derain files and folders into ``out_dir`` as ``erl-derain`` does (:func:`derain_paths`)."""
+        """Derain files and folders into ``out_dir`` as ``erl-derain`` does (:func:`derain_paths`); ``score``
+        adds the no-reference NIQE of each input and output, as ``erl-derain --score``."""
         return derain_paths(
             self.net,
             inputs,
@@ -76,4 +98,32 @@ class Derainer:
             side_by_side=side_by_side,
             progress=progress,
             overwrite=overwrite,
+            score=score,
         )
+
+
+def load(
+    options_or_checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    **settings: object,
+) -> Derainer:
+    """A :class:`Derainer` from an options file (its ``path.pretrain_network_g``, or ``checkpoint``), or from a
+    checkpoint that ``erl-train`` wrote: the options are the copy its run keeps (``experiments/<name>/*.yml``).
+
+    ``settings`` are :class:`Derainer`'s: ``device``, ``tile``, ``overlap``, ``precision``.
+
+    Raises:
+        OptionsError: A checkpoint outside an experiment folder, or one whose folder keeps no single options file.
+    """
+    source = Path(options_or_checkpoint)
+    if source.suffix.lower() in (".yml", ".yaml"):
+        return Derainer(source, checkpoint, **settings)  # type: ignore[arg-type]
+    experiment = source.resolve().parent.parent  # experiments/<name>/models/<file>.pth
+    kept = sorted(experiment.glob("*.yml")) if source.resolve().parent.name == "models" else []
+    if len(kept) != 1:
+        found = ", ".join(p.name for p in kept) or "none"
+        raise OptionsError(
+            f"{source}: no options to build its network from (looked for one .yml in {experiment}, found {found}); "
+            "give the options file: erl_plugin.load(OPTIONS, CHECKPOINT)"
+        )
+    return Derainer(kept[0], source, **settings)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO, run_python
 
 from erl_plugin.archs import MEMD
+from erl_plugin.engine.options import OptionsError
 from erl_plugin.evaluation.inference import derain_paths, derain_tiled, resolve_precision, tiled_forward
 from erl_plugin.utils.outputs import MARKER
 
@@ -252,3 +253,29 @@ def test_the_python_api_derains_an_array_and_a_folder_from_a_checkpoint(tmp_path
     cv2.imwrite(str(tmp_path / "in/a.png"), image)
     report = derainer.derain_paths([tmp_path / "in"], tmp_path / "out")
     assert [p.name for p in report.written] == ["a.png"] and not report.skipped
+
+
+def test_erl_plugin_load_takes_a_run_s_checkpoint_alone_and_derains_tensors(tmp_path: Path) -> None:
+    """``erl_plugin.load(checkpoint)`` finds the options erl-train keeps beside ``models/``; tensors in, tensors out."""
+    import erl_plugin
+
+    net = tiny_memd()
+    models = tmp_path / "experiments/run/models"
+    models.mkdir(parents=True)
+    torch.save({"params": net.state_dict()}, models / "net_g_latest.pth")
+    network = {"type": "MEMD", **TINY, "global_residual": False}
+    (tmp_path / "experiments/run/run.yml").write_text(yaml.safe_dump({"network_g": network}))
+    derainer = erl_plugin.load(models / "net_g_latest.pth", tile=16, overlap=4)
+    batch = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        expected = tiled_forward(net.eval(), batch, 16, 4).clamp(0, 1)
+    assert torch.equal(derainer(batch), expected)
+    assert derainer(batch[0]).shape == (3, 40, 56) and derainer(batch[0]).dtype == torch.float32
+    image = scene(40, 56)
+    assert np.array_equal(erl_plugin.load(tmp_path / "experiments/run/run.yml", models / "net_g_latest.pth")(image),
+                          derain_tiled(net, image, 512, 32))  # fmt: skip
+    with pytest.raises(ValueError, match=r"float RGB in \[0, 1\], \(3, H, W\) or \(N, 3, H, W\); got torch.uint8"):
+        derainer(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    (tmp_path / "loose.pth").write_bytes((models / "net_g_latest.pth").read_bytes())
+    with pytest.raises(OptionsError, match=r"loose\.pth: no options to build its network from .* found none"):
+        erl_plugin.load(tmp_path / "loose.pth")
