@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.generalization:
+    if args.generalization and summary.get("already_written"):
+        print(f"{args.out}: already holds these splits (synthesis.json records the same settings); nothing written")
+    elif args.generalization:
         print(
             f"wrote {summary['val']['pairs']} validation and {summary['plateau']['pairs']} plateau pairs (training "
             f"photos, {summary['val']['domain']} rain) "

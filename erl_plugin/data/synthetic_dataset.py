@@ -253,6 +253,24 @@ PLATEAU_SEED_OFFSET = 1000
 """The plateau split's crops are drawn with ``seed + PLATEAU_SEED_OFFSET``: other crops than ``val``'s."""
 
 
+def _written_with(out_dir: str | os.PathLike[str], settings: Mapping[str, Any], test_variants: int) -> dict | None:
+    """The ``synthesis.json`` of ``out_dir`` when it records exactly these settings (the splits are then what
+    this call would write: every image is a function of them), else None."""
+    try:
+        recorded = json.loads((Path(out_dir) / "synthesis.json").read_text(encoding="utf-8"))
+        test = dict(recorded["test"])
+        images = test.pop("images")
+        pairs = test.pop("pairs")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    expected_pairs = len(settings["test"]["photos"]) * len(settings["test"]["domains"]) * test_variants
+    same = {**recorded, "test": test} == {
+        **settings,
+        "test": {k: v for k, v in settings["test"].items() if k != "images"},
+    }
+    return recorded if same and pairs == expected_pairs == len(images) else None
+
+
 def synthesize_generalization_splits(
     out_dir: str | os.PathLike[str],
     *,
@@ -278,9 +296,11 @@ def synthesize_generalization_splits(
     ``test_variants`` renderings from ``train_domain`` and as many from ``shifted_domain`` (other
     angles, lengths, widths and a blend mode per layer). ``out_dir/synthesis.json`` records, for every
     test image, its photo and domain. The folder is built under a temporary name and renamed when done.
+    A folder whose ``synthesis.json`` records these very settings is left as it is (written once: a second
+    call, ``make demo``'s included, has nothing to do); other contents need ``overwrite``.
 
     Returns:
-        The summary written to ``synthesis.json``.
+        The summary written to ``synthesis.json`` (with ``"already_written": True`` when it was there).
     """
     counts = {"val_per_photo": val_per_photo, "plateau_per_photo": plateau_per_photo, "val_size": val_size}
     for key, value in {**counts, "test_variants": test_variants}.items():
@@ -307,6 +327,9 @@ def synthesize_generalization_splits(
         "test": {"photos": list(SKIMAGE_TEST_PHOTOS), "domains": [train_domain, shifted_domain],
                  "max_side": test_max_side, "images": {}},
     }  # fmt: skip
+    written = _written_with(out_dir, summary, test_variants) if not overwrite else None
+    if written is not None:
+        return {**written, "already_written": True}
     photos = os.path.dirname(skimage.data.__file__)
     with staged_directory(out_dir, overwrite=overwrite, inputs=[photos], tool="synthesize_rain") as staging:
         test_dir = staging / "test"

@@ -169,6 +169,19 @@ def test_generalization_splits(tmp_path: Path):
     assert all((out / p.relative_to(again)).read_bytes() == p.read_bytes() for p in again.rglob("*.png"))
     with pytest.raises(FileExistsError):
         synthesize_generalization_splits(out, progress=False)
+    # Written once: the same call again (make demo, then the docs' command) finds its splits and writes nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    repeated = synthesize_generalization_splits(
+        out, val_per_photo=1, val_size=32, test_variants=1, test_max_side=64, progress=False
+    )
+    assert repeated == {**summary, "already_written": True}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    (out / "test/rain-1.png").unlink()
+    (out / "synthesis.json").write_text(json.dumps({**recorded, "test": {**recorded["test"], "pairs": 3}}))
+    with pytest.raises(FileExistsError):  # a record that does not match: nothing is assumed
+        synthesize_generalization_splits(
+            out, val_per_photo=1, val_size=32, test_variants=1, test_max_side=64, progress=False
+        )
 
 
 def test_generalization_cli(tmp_path: Path):
