@@ -76,6 +76,14 @@ class AdoptedNetwork(nn.Module):
         self._non_persistent_buffers_set.update(network._non_persistent_buffers_set)
         object.__setattr__(self, "network", network)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set an attribute; a top-level module replaced here (``remove_modules``) is replaced in the network
+        too, so that its own forward never runs a module, or weights, that this module no longer owns."""
+        super().__setattr__(name, value)
+        network = self.__dict__.get("network")
+        if network is not None and isinstance(value, nn.Module) and name in network._modules:
+            network._modules[name] = value
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

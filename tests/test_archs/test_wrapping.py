@@ -97,6 +97,17 @@ def test_hooks_add_to_a_skip_alone_where_it_feeds_the_decoder_only() -> None:
     assert torch.equal(seen[0], net.backbone.stem(x))  # the encoder below the skip never sees a residual
 
 
+def test_the_residual_encoder_runs_only_modules_it_owns() -> None:
+    """SkipConvUNet runs ``up`` (a decoder module, removed from the residual encoder) before its last point,
+    ``skip_conv``: the network's own forward must run the removed stand-in, not the rebuilt network's ``up``,
+    whose weights nothing owns (never trained, saved, nor moved with ``.to()``)."""
+    net = ERLNet({"type": "SkipConvUNet"}, entangle="mlgd", inject="decoder", **WRAPPED["skip_conv_hooks"][1])
+    residual = net.residual_encoder
+    assert residual.network.up is residual.up and not list(residual.up.parameters())
+    net.double()  # an unowned module would keep float32 weights and fail on a float64 input
+    assert net(torch.rand(1, 3, 16, 16, dtype=torch.float64)).dtype == torch.float64
+
+
 @pytest.mark.parametrize(
     ("entangle_at", "message"),
     [

@@ -236,15 +236,25 @@ def test_a_network_that_fails_on_a_check_size_itself_is_refused(tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
-def test_erlnet_hooked_where_a_trace_cannot_follow_is_refused_and_its_backbone_exports(tmp_path: Path) -> None:
-    """SkipConvUNet's forward runs ``up`` before ``skip_conv``, the last point: the residual encoder's forward
-    reaches weights it does not own, which a trace refuses. Its backbone alone exports."""
+def test_erlnet_hooked_exports_and_where_a_trace_fails_the_backbone_is_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SkipConvUNet's forward runs ``up`` (removed from the residual encoder) before ``skip_conv``, its last
+    point: the hooked ERLNet traces and exports. Where a trace fails, the refusal offers the backbone alone."""
     network_g = {"type": "ERLNet", "backbone": {"type": "SkipConvUNet"}, "entangle": "mlgd"}
     network_g["entangle_at"] = {"bottleneck": "down", "skips": ["skip_conv"]}
     opt, checkpoint = tmp_path / "opt.yml", tmp_path / "net_g_latest.pth"
     opt.write_text(yaml.safe_dump({"custom_imports": ["unet_zoo"], "network_g": network_g}))
     torch.manual_seed(0)
     torch.save({"params": ERLNet(**{k: v for k, v in network_g.items() if k != "type"}).state_dict()}, checkpoint)
+    status, _, stderr = _run(["--opt", str(opt), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hooked")])
+    assert status == 0, stderr
+    assert {"net_g_latest.pt", "net_g_latest.onnx"} <= {path.name for path in (tmp_path / "hooked").iterdir()}
+
+    def trace_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Cannot insert a Tensor that requires grad as a constant")
+
+    monkeypatch.setattr(torch.jit, "trace", trace_fails)
     argv = ["--opt", str(opt), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
     status, _, stderr = _run(argv)
     assert status == 1
@@ -253,6 +263,7 @@ def test_erlnet_hooked_where_a_trace_cannot_follow_is_refused_and_its_backbone_e
     assert "ERLNet wrapped through entangle_at uses forward hooks that a trace cannot follow" in stderr
     assert "export the backbone alone (a SkipConvUNet checkpoint" in stderr
     assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
 
     backbone = tmp_path / "skipconvunet_stage1.pth"
     torch.save({"params": SkipConvUNet().state_dict()}, backbone)
