@@ -58,8 +58,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-xdist", "ruff", "onnx", "onnxruntime", "spandrel>=0.4"],
         "export": ["onnx", "onnxruntime"],
+        "backbones": ["spandrel>=0.4"],
     },
     entry_points={
         "console_scripts": [

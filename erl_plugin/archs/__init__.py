@@ -3,12 +3,14 @@
 from erl_plugin.archs.adapters import Adapter, register_adapter
 from erl_plugin.archs.erl_arch import ERLNet
 from erl_plugin.archs.memd_arch import MEMD
+from erl_plugin.archs.nafnet_adapter import NAFNetAdapter
 from erl_plugin.archs.protocol import EncoderDecoder, FeaturePoint, implements_protocol, protocol_problems
 
 __all__ = [
     "Adapter",
     "ERLNet",
     "MEMD",
+    "NAFNetAdapter",
     "EncoderDecoder",
     "FeaturePoint",
     "implements_protocol",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from erl_plugin.archs.adapters import ADAPTERS
 from erl_plugin.archs.module_path import EntangleAt, ModulePathBackbone
+from erl_plugin.archs.pretrained import is_pretrained, load_pretrained, pretrained_architecture
 from erl_plugin.archs.protocol import part_parameters, protocol_problems, remove_modules
 from erl_plugin.utils.checkpoint import state_dict_mismatch
 
@@ -49,19 +50,31 @@ def _registered_name(name: str) -> str:
     raise ValueError(f"backbone.type: {name!r} is not a registered network")
 
 
-def build_backbone(options: Mapping[str, Any], entangle_at: Mapping[str, Any] | EntangleAt | None = None) -> nn.Module:
-    """Build a registered network from ``{type: ..., **kwargs}`` as an encoder/decoder.
+def build_backbone(
+    options: Mapping[str, Any], entangle_at: Mapping[str, Any] | EntangleAt | None = None, weights: bool = True
+) -> nn.Module:
+    """Build a registered network from ``{type: ..., **kwargs}``, or a pretrained restorer from
+    ``{checkpoint: PATH}`` (:mod:`erl_plugin.archs.pretrained`), as an encoder/decoder.
 
-    ``type`` is BasicSR's name (``MEMD``) or mmengine's scoped one (``erl_plugin.MEMD``). A network
-    that follows the protocol is returned as it is; one with a registered adapter comes adapted
-    (and checked against its own forward); with ``entangle_at``, any network comes as a
-    :class:`~erl_plugin.archs.module_path.ModulePathBackbone`.
+    ``type`` is BasicSR's name (``MEMD``) or mmengine's scoped one (``erl_plugin.MEMD``); next to
+    ``checkpoint``, spandrel's name of the architecture (``NAFNet``). A network that follows the
+    protocol is returned as it is; one with a registered adapter comes adapted (and checked against
+    its own forward); with ``entangle_at``, any network comes as a
+    :class:`~erl_plugin.archs.module_path.ModulePathBackbone`. ``weights=False`` builds a checkpoint's
+    architecture freshly initialised.
     """
-    if not isinstance(options, Mapping) or "type" not in options:
-        raise ValueError(f"backbone must be a mapping with a 'type' key, got {options!r}")
+    if not isinstance(options, Mapping) or not ("type" in options or is_pretrained(options)):
+        raise ValueError(f"backbone must be a mapping with a 'type' key (or a 'checkpoint'), got {options!r}")
     kwargs = dict(copy.deepcopy(options))
-    name = _registered_name(kwargs.pop("type").removeprefix(MMENGINE_SCOPE))
-    net = ARCH_REGISTRY.get(name)(**kwargs)
+    if "type" in kwargs:
+        kwargs["type"] = kwargs["type"].removeprefix(MMENGINE_SCOPE)
+    if is_pretrained(kwargs):
+        name, net = load_pretrained(kwargs, weights)
+        subject = f"backbone.checkpoint: {kwargs['checkpoint']!r} holds a {name} (spandrel's name), which"
+    else:
+        name = _registered_name(kwargs.pop("type"))
+        net = ARCH_REGISTRY.get(name)(**kwargs)
+        subject = f"backbone.type: {name}"
     if entangle_at is not None:
         return ModulePathBackbone(net, EntangleAt.parse(entangle_at))
     problems = protocol_problems(net)
@@ -70,10 +83,11 @@ def build_backbone(options: Mapping[str, Any], entangle_at: Mapping[str, Any] | 
     adapter = ADAPTERS.get(name) or ADAPTERS.get(name.removesuffix("_basicsr"))
     if adapter is None:
         raise TypeError(
-            f"backbone.type: {name} does not implement the encoder/decoder protocol "
+            f"{subject} does not implement the encoder/decoder protocol "
             f"(erl_plugin.archs.protocol: {'; '.join(problems)}) and has no adapter (adapters exist for "
-            f"{', '.join(sorted(ADAPTERS)) or 'none'}); register one (erl_plugin.archs.adapters) or name its "
-            f"modules with entangle_at: {{bottleneck: ..., skips: [...]}} (docs/wrap_your_network.md)"
+            f"{', '.join(sorted(ADAPTERS)) or 'none'}); register one for {name!r} (erl_plugin.archs.adapters) or "
+            f"name its modules with network_g.entangle_at: {{bottleneck: ..., skips: [...]}} (its top-level "
+            f"modules: {', '.join(n for n, _ in net.named_children())}; docs/wrap_your_network.md)"
         )
     adapted = adapter(net)
     adapted.verify()
@@ -86,7 +100,9 @@ class ERLNet(nn.Module):
 
     Args:
         backbone (dict): Options of the wrapped network, ``{type: MEMD, ...}``; any registered
-            network that follows the encoder/decoder protocol.
+            network that follows the encoder/decoder protocol. Or a pretrained restorer,
+            ``{checkpoint: PATH}``, whose architecture spandrel recognises (``type`` then names it,
+            filled in when missing; :mod:`erl_plugin.archs.pretrained`).
         entangle (str): ``clgd`` adds the residual at the bottleneck only, ``mlgd`` at the
             bottleneck and every skip. Default: ``mlgd`` (the paper's best).
         inject (str): ``decoder`` changes only the features handed to the decoder, leaving the main
@@ -118,14 +134,16 @@ class ERLNet(nn.Module):
         self.entangle = _choice("entangle", entangle, ENTANGLE)
         self.inject = _choice("inject", inject, INJECT)
         self.ren_init = _choice("ren_init", ren_init, REN_INIT)
-        if not isinstance(backbone, Mapping) or "type" not in backbone:
-            raise ValueError(f"backbone must be a mapping with a 'type' key, got {backbone!r}")
+        if not isinstance(backbone, Mapping) or not ("type" in backbone or is_pretrained(backbone)):
+            raise ValueError(f"backbone must be a mapping with a 'type' key (or a 'checkpoint'), got {backbone!r}")
+        if "type" not in backbone:
+            backbone = {**backbone, "type": pretrained_architecture(backbone)}
         self.backbone_options = {**copy.deepcopy(backbone), "type": backbone["type"].removeprefix(MMENGINE_SCOPE)}
         self.entangle_at = None if entangle_at is None else EntangleAt.parse(entangle_at)
         self.backbone = self.new_backbone()
         if self.hooked and entangle == "mlgd" and inject == "decoder":
             self._refuse_hooked_skips()
-        self.residual_encoder = self.new_backbone()
+        self.residual_encoder = self.new_backbone(weights=False)  # ren_init: main copies the main encoder in
         remove_modules(self.residual_encoder, self.backbone.decoder_modules)
         if self.hooked:
             self.residual_encoder.check_encoder()
@@ -149,9 +167,10 @@ class ERLNet(nn.Module):
         """Whether the backbone is entangled through forward hooks (``entangle_at``)."""
         return self.entangle_at is not None
 
-    def new_backbone(self) -> nn.Module:
-        """A fresh backbone of this wrapper's structure (also the teacher's), built from its options."""
-        return build_backbone(self.backbone_options, self.entangle_at)
+    def new_backbone(self, weights: bool = True) -> nn.Module:
+        """A fresh backbone of this wrapper's structure (also the teacher's), built from its options;
+        ``weights=False``: without a ``backbone.checkpoint``'s weights, freshly initialised."""
+        return build_backbone(self.backbone_options, self.entangle_at, weights)
 
     def _refuse_hooked_skips(self) -> None:
         feeding = self.backbone.skips_feeding_deeper()

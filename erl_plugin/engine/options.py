@@ -229,7 +229,7 @@ def scale_iterations(opt: Mapping[str, Any], factor: float) -> dict[str, Any]:
     train = mapping(result.get("train"))
     stage_iters = train.get("stage_iters")
     if isinstance(stage_iters, list) and stage_iters and all(map(_is_number, stage_iters)):
-        train["stage_iters"] = [scaled(v) for v in stage_iters]
+        train["stage_iters"] = [v if v == 0 else scaled(v) for v in stage_iters]  # a skipped stage1 stays skipped
         train["total_iter"] = sum(train["stage_iters"])
     stages = train.get("stages") if isinstance(train.get("stages"), list) else []
     if stages and all(isinstance(s, dict) and _is_number(s.get("iters")) for s in stages):
@@ -581,7 +581,7 @@ def _check_networks(opt: Mapping[str, Any], source: str, is_train: bool) -> dict
                 built[key] = _build_network(opt[key])
         except _TooLarge:
             raise _too_large(key, opt[key], source) from None
-        except (TypeError, ValueError, KeyError) as error:
+        except (TypeError, ValueError, KeyError, ImportError) as error:  # ImportError: an optional dependency
             raise OptionsError(f"{source}: {key}: {error}") from None
         _check_checkpoint_fits(built[key], opt.get("path") or {}, key.removeprefix("network_"), source)
     return built

@@ -209,6 +209,7 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("num_gpu", INTEGER, low=0, also=("auto",)),
     Rule("scale", INTEGER, low=1),
     Rule("dist_params.port", INTEGER, low=1, high=65535),
+    Rule("network_g.backbone.checkpoint", TEXT, note="a pretrained restorer's checkpoint file"),
     # Datasets.
     Rule("datasets.*.batch_size_per_gpu", INTEGER, low=1),
     Rule("datasets.*.num_worker_per_gpu", INTEGER, low=0),
@@ -216,7 +217,7 @@ SCHEMA: tuple[Rule, ...] = (
     Rule("datasets.*.gt_size", INTEGER, low=1),
     # Training.
     Rule("train.total_iter", WHOLE, low=1),
-    Rule("train.stage_iters", INTEGER, low=1, each=True),
+    Rule("train.stage_iters", INTEGER, low=0, each=True, note="0 skips stage1 when the backbone is already trained"),
     Rule("train.warmup_iter", INTEGER, low=-1, note="-1: no warm-up"),
     Rule("train.ema_decay", NUMBER, low=0, high=1, open_high=True, note="0: no EMA"),
     Rule("train.max_consecutive_nonfinite", INTEGER, low=1, nullable=True),

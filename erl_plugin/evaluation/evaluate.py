@@ -79,14 +79,15 @@ def load_network(opt_path: str, checkpoint: str, param_key: str = "params") -> L
     network_opt = dict(opt["network_g"])
     scored = f"{network_opt['type']} (network_g of {os.path.basename(opt_path)})"
     if network_opt["type"] == "ERLNet" and not any(key.startswith("backbone.") for key in params):
-        backbone = network_opt["backbone"]["type"]
+        # The backbone as ERL-Net sees it (adapted networks declare their grid, feature_info); a pretrained
+        # restorer's options may leave its type to the checkpoint.
+        net = build_backbone(network_opt["backbone"], network_opt.get("entangle_at"))
+        backbone = network_opt["backbone"].get("type") or type(getattr(net, "network", net)).__name__
         if TEACHER_FILE.search(os.path.basename(checkpoint)):
             raise ValueError(
                 f"{checkpoint} is ERL-Net's teacher, a {backbone} trained clean to clean: it never learnt to "
                 f"derain; score net_g_*.pth (ERL-Net) or {backbone.lower()}_stage1.pth (the {backbone} baseline)"
             )
-        # The backbone as ERL-Net sees it: adapted networks declare their grid (feature_info).
-        net = build_backbone(network_opt["backbone"], network_opt.get("entangle_at"))
         scored = f"{backbone} alone (a backbone checkpoint under ERLNet options), not ERL-Net"
     else:
         net = build_network(network_opt)

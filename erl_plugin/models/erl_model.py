@@ -78,7 +78,8 @@ class ERLModel(DerainModel):
         if not isinstance(net_g, ERLNet):
             raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
         self.net_g: nn.Module = self.prepare_network(net_g)  # channels_last, compile (DerainModel)
-        self.net_t: nn.Module = self.prepare_network(net_g.new_backbone())
+        # The teacher starts from its own initialisation, not from a backbone.checkpoint (teacher_init: main copies).
+        self.net_t: nn.Module = self.prepare_network(net_g.new_backbone(weights=False))
         self.print_network(self.net_g)
         path = opt["path"]
         self._load_checkpoint(
@@ -353,7 +354,7 @@ class ERLModel(DerainModel):
         if opt["network_g"]["type"] != "ERLNet":
             raise ValueError(f"network_g.type: ERLModel trains ERLNet, got {opt['network_g']['type']!r}")
         teacher = networks["network_g"].new_backbone()  # smaller than network_g, which passed the size check
-        what = f"the teacher ({opt['network_g']['backbone']['type']})"
+        what = f"the teacher ({networks['network_g'].backbone_options['type']})"
         check_pretrained_fits(teacher, opt.get("path") or {}, "t", what)
         if not is_train:
             return

@@ -20,6 +20,12 @@ aligned`` only its encoder is trained, on clean images through the frozen stage-
 after stage1: two separately trained encoders need not share a feature space (channels are not
 aligned between them), so an independent teacher's features can be an unreachable target for the
 main encoder plus residual, while an aligned teacher's live in the space the decoder reads.
+
+Stage I trains the basic model. When it is already trained (a pretrained restorer as the backbone,
+``network_g.backbone.checkpoint``, or ``path.pretrain_network_g``), ``0`` for stage1 in
+``train.stage_iters`` skips it: ``[300, 0, 2000, 500]`` trains the teacher, then stage2 and stage3. The
+stage that first trains the residual encoder still starts it as a copy of the main encoder
+(``ren_init: main``). An explicit ``train.stages`` list simply leaves stage I out.
 """
 
 import copy
@@ -41,6 +47,9 @@ TEACHER_INITS = ("random", "main")
 """``train.teacher_init``: the teacher starts from its own initialisation, or as a copy of the deraining
 backbone as it stands when the teacher's stage begins (after stage1, or loaded by ``pretrain_network_g``)."""
 STAGE_KEYS = ("name", "iters", "train", "losses", "optim_g", "scheduler")
+SKIPPABLE = "stage1"
+"""The strategies' stage I (the basic model, trained alone): ``0`` iterations in ``train.stage_iters`` skip it
+when the backbone is already trained (``network_g.backbone.checkpoint`` or ``path.pretrain_network_g``)."""
 
 _MEN_MDE = ("main_encoder", "decoder")
 STRATEGIES: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]] = {
@@ -110,7 +119,37 @@ def _check_stage(raw: Mapping[str, Any], where: str, allowed_branches: tuple[str
         raise StageError(f"{where}.train: a stage trains either the teacher or the deraining network, not both")
 
 
-def _strategy_stages(train_opt: Mapping[str, Any], teacher_stage: str | None) -> list[dict[str, Any]]:
+def _backbone_trained(opt: Mapping[str, Any]) -> bool:
+    """Whether the options start from a trained backbone: ``network_g.backbone.checkpoint`` (a pretrained
+    restorer) or ``path.pretrain_network_g``."""
+    network_g = opt.get("network_g")
+    backbone = network_g.get("backbone") if isinstance(network_g, Mapping) else None
+    pretrained = isinstance(backbone, Mapping) and bool(backbone.get("checkpoint"))
+    return pretrained or bool((opt.get("path") or {}).get("pretrain_network_g"))
+
+
+def _skip_stages(layout: list[dict[str, Any]], backbone_trained: bool) -> list[dict[str, Any]]:
+    """``layout`` without its stages of 0 iterations, after checking that only stage1 is, and may be, skipped."""
+    skipped = [stage["name"] for stage in layout if type(stage["iters"]) is int and stage["iters"] == 0]
+    for name in skipped:
+        if name != SKIPPABLE:
+            teacher = "; a trained teacher is loaded with path.pretrain_network_t" if name == "teacher" else ""
+            raise StageError(
+                f"train.stage_iters: {name} has 0 iterations; only {SKIPPABLE} (the basic model) may be skipped, "
+                f"when the backbone is already trained{teacher}"
+            )
+        if not backbone_trained:
+            raise StageError(
+                f"train.stage_iters: {SKIPPABLE} has 0 iterations, but nothing has trained the backbone: skipping "
+                "stage I needs a trained one, network_g.backbone.checkpoint (a pretrained restorer) or "
+                "path.pretrain_network_g"
+            )
+    return [stage for stage in layout if stage["name"] not in skipped]
+
+
+def _strategy_stages(
+    train_opt: Mapping[str, Any], teacher_stage: str | None, backbone_trained: bool
+) -> list[dict[str, Any]]:
     strategy = train_opt["strategy"]
     if strategy not in STRATEGIES:
         raise StageError(f"train.strategy: {strategy!r} is not a strategy; allowed: {', '.join(STRATEGIES)}")
@@ -140,16 +179,19 @@ def _strategy_stages(train_opt: Mapping[str, Any], teacher_stage: str | None) ->
                 f"train.stage_options.{stage['name']}: unknown key(s) {sorted(bad)}; allowed: optim_g, scheduler"
             )
         stage.update(extra)
-    return layout
+    return _skip_stages(layout, backbone_trained)
 
 
 def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
     """Expand ``train.strategy`` (or read ``train.stages``) into checked :class:`Stage` objects.
 
+    A strategy's stage1 with 0 iterations in ``train.stage_iters`` is left out (:data:`SKIPPABLE`).
+
     Raises:
         StageError: naming the key: unknown strategy, branch or loss; iterations that do not add up
             to ``train.total_iter``; a feature loss with no teacher or no ``train.feature_opt``; a
-            duplicate stage name.
+            duplicate stage name; 0 iterations for a stage other than stage1, or for stage1 without a
+            trained backbone.
     """
     train_opt = opt.get("train") or {}
     mode = train_opt.get("teacher_mode", "independent")
@@ -169,7 +211,8 @@ def parse_stages(opt: Mapping[str, Any]) -> list[Stage]:
         raise StageError("train: give either strategy (MA_A, MA_B, MA_C, MA_D, DT) or an explicit stages list")
     if "strategy" in train_opt:
         where = "train.stage_iters"
-        raw_stages = _strategy_stages(train_opt, None if pretrained_teacher else teacher_branch)
+        teacher_stage = None if pretrained_teacher else teacher_branch
+        raw_stages = _strategy_stages(train_opt, teacher_stage, _backbone_trained(opt))
     else:
         where = "train.stages"
         raw_stages = train_opt["stages"]
