@@ -183,6 +183,13 @@ def test_regular_install_and_site_packages_train_py(tmp_path: Path, tiny_lmdb: d
     assert install.returncode == 0, install.stderr
     assert (site / "erl_plugin_hook.pth").is_file() and (site / "erl_plugin" / "__init__.py").is_file()
     assert not (site / "erl_dev").exists()  # the development tools are not shipped
+    # Every console script of setup.py is a command of the regular install, calling its module's main.
+    declared = re.findall(r'"(erl-[a-z-]+) = (erl_plugin\.[a-z_.]+):main"', (REPO / "setup.py").read_text())
+    assert len(declared) >= 10, declared
+    for name, module in declared:
+        assert f"from {module} import main" in (venv / "bin" / name).read_text(), name
+    helped = subprocess.run([venv / "bin" / "erl-export", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: erl-export"), helped.stderr[-500:]
 
     startup = subprocess.run([python, "-c", STARTUP], capture_output=True, text=True, cwd=tmp_path)
     assert startup.stdout.split() == ["False", "True"], startup.stderr
