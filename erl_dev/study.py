@@ -948,20 +948,30 @@ def domains_of(data: Mapping[str, Any]) -> dict[str, str] | None:
     return {name: entry["domain"] for name, entry in images.items()} if images else None
 
 
-def write_report(study: Study, out: Path) -> tuple[Path, dict[str, Any]]:
-    """Write ``report.md``, ``report.json`` and ``validation.png`` into ``out``; returns the Markdown path and
-    the summary."""
+def _without_machine(report: str) -> str:
+    """A report's text without the machine it was written on (the one line that names it)."""
+    return re.sub(r"Machine: .*?\. Seeds:", "Seeds:", report, count=1)
+
+
+def write_report(study: Study, out: Path, rewrite: bool = False) -> tuple[Path, dict[str, Any], bool]:
+    """Write ``report.md``, ``report.json`` and ``validation.png`` into ``out``; returns the Markdown path, the
+    summary, and whether they were written.
+
+    A report that says what this one would (another machine aside: a fresh clone of a finished study) is left
+    as it is unless ``rewrite``: a study folder in the repository is not rewritten by running its command.
+    """
     domains = {d["name"]: m for d in study.sets if (m := domains_of(d))}
     rainy_file = out / "rainy_scores.json"
     if not rainy_file.is_file():
         _write_json(rainy_file, rainy_scores(study))
     summary = summarize(study, out, json.loads(rainy_file.read_text()), domains)
     machine = machine_description()
+    report = out / "report.md"
+    text = format_report(study, summary, machine, load_results(study, out)) + "\n![validation PSNR](validation.png)\n"
+    if not rewrite and report.is_file():
+        if _without_machine(report.read_text(encoding="utf-8")) == _without_machine(text):
+            return report, summary, False
     _write_json(out / "report.json", {"study": study.path, "machine": machine, **summary})
     plot_validation(study, out, out / "validation.png")
-    report = out / "report.md"
-    write_text(
-        report,
-        format_report(study, summary, machine, load_results(study, out)) + "\n![validation PSNR](validation.png)\n",
-    )
-    return report, summary
+    write_text(report, text)
+    return report, summary, True

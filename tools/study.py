@@ -86,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    report, summary = write_report(study, out)
+    report, summary, written = write_report(study, out, rewrite=args.report_only)
     print(report.read_text(encoding="utf-8"))
     print("\n".join(headline(study, summary)))
-    print(f"report: {report} (plot: {report.with_name('validation.png')})")
+    if written:
+        print(f"report: {report} (plot: {report.with_name('validation.png')})")
+    else:
+        print(f"report: {report} left as it is: it already says this (--report-only writes it again)")
     short = short_of_gain(study, summary, args.min_gain_db) if args.min_gain_db is not None else []
     if short:
         print(f"error: {'; '.join(short)} (--min-gain-db {args.min_gain_db})", file=sys.stderr)

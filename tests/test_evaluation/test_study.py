@@ -237,6 +237,11 @@ def test_a_tiny_study_trains_scores_reports_and_resumes(tmp_path: Path):
     ):
         assert text in report
     assert (out / "validation.png").stat().st_size > 0
+    # Run again with every run finished (a fresh clone of a finished study): the report is not rewritten.
+    written = {name: (out / name).stat().st_mtime_ns for name in ("report.md", "report.json", "validation.png")}
+    again = run_python([STUDY, "study.yml", *extra], tmp_path, {"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert again.returncode == 0 and "left as it is: it already says this" in again.stdout, again.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
     # The folder keeps one scale: the same study at another is refused, not mixed in.
     other = run_python([STUDY, "study.yml", "--iters-scale", "0.5", "--report-only", "--out", str(out)], tmp_path)
