@@ -13,12 +13,13 @@ A block the suite cannot run says why on the line above its fence::
 
     <!-- not run by the suite: needs a CUDA device -->
 
-``python``, ``erl-train`` and ``erl-test`` in the blocks are forks of a warm interpreter
+``python`` and the installed commands (``erl-train``, ``erl-derain``, ...) in the blocks are forks of a warm interpreter
 (tests/warm_python.py), which saves seconds per command; what they spawn are fresh interpreters.
 With ``ERL_PLUGIN_TESTS_COLD=1`` they are the real ones.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def shell_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     cold), iterations scaled."""
     shims, warm = tmp_path_factory.mktemp("bin"), os.environ.get(COLD_ENV) != "1"
     commands = {"python": []}
-    for console_script in ("erl-train", "erl-test"):
+    declared = re.findall(r'"(erl-[a-z-]+) = erl_plugin', (REPO / "setup.py").read_text())
+    for console_script in declared:
         installed = shutil.which(console_script, path=str(Path(sys.executable).parent))
         assert installed, f"{console_script} is not installed beside {sys.executable}"
         commands[console_script] = [installed]
