@@ -134,7 +134,7 @@ def build_model(opt: Mapping[str, Any]) -> ReliableTraining:
     return model
 
 
-def keep_options(opt: Mapping[str, Any], request: RunRequest, folder: str) -> None:
+def keep_options(request: RunRequest, folder: str) -> None:
     """Copy the options as given into ``folder``, headed as BasicSR heads its copy (time and command)."""
     header = f"# GENERATE TIME: {time.asctime()}\n# CMD:\n# {request.command}\n\n"
     write_text(os.path.join(folder, os.path.basename(request.options_file)), header + request.options_text)
@@ -201,7 +201,7 @@ def prepare_experiment(opt: dict[str, Any], request: RunRequest) -> dict[str, An
         if opt["logger"].get("use_tb_logger") and "debug" not in opt["name"] and opt["rank"] == 0:
             mkdir_and_rename(os.path.join(opt["root_path"], "tb_logger", opt["name"]))
     if opt["rank"] == 0:
-        keep_options(opt, request, opt["path"]["experiments_root"])
+        keep_options(request, opt["path"]["experiments_root"])
     return resume_state
 
 
