@@ -148,13 +148,13 @@ def _refuse_unsafe_options(argv: list[str]) -> None:
 
 
 def _wrap_parse_options() -> None:
-    """Wrap ``parse_options`` once: it refuses ``--force_yml``, swaps names in ``basicsr/train.py`` and,
-    for BasicSR's scripts, scales the iterations by ``$ERL_PLUGIN_ITERS_SCALE`` as ``erl-train`` does.
+    """Wrap ``parse_options`` once: it refuses ``--force_yml``, checks the options file as ``erl-train`` does,
+    swaps ``load_resume_state`` in ``basicsr/train.py`` (``resume_on_cpu``) and scales the iterations by
+    ``$ERL_PLUGIN_ITERS_SCALE`` as ``erl-train`` does.
 
-    When basicsr/train.py runs as a script (directly or with -m), that module is ``__main__``, whose
-    code runs after the patches: it binds its own functions, then calls ``parse_options`` first thing,
-    so the wrapper replaces them in the calling module's globals. ``basicsr.train`` as imported by
-    ``erl-train`` is patched directly.
+    BasicSR's train.py runs as ``__main__`` (directly or with -m): its code runs after the hook, binds its own
+    functions, then calls ``parse_options`` first thing, so the wrapper replaces the function in the calling
+    module's globals, the one place it can be reached from.
     """
     from basicsr.utils import options
 
