@@ -58,7 +58,7 @@ def test_an_uncaught_exception_and_a_timeout_are_reported_as_by_subprocess(tmp_p
 def test_start_up_settings_get_a_fresh_interpreter() -> None:
     base = {"PATH": "/bin", "OMP_NUM_THREADS": "1"}
     assert not needs_cold_start(["-m", "x"], {**base, "OMP_NUM_THREADS": "2", "PYTHONPATH": "a"}, base)
-    assert not needs_cold_start(["tool.py"], {**base, "ERL_PLUGIN_DISABLE": "exact_resume"}, base)
+    assert not needs_cold_start(["tool.py"], {**base, "ERL_PLUGIN_DISABLE": "ddp_cpu"}, base)
     for env in ({**base, "ERL_PLUGIN_NO_HOOK": "1"}, {**base, "PYTHONHASHSEED": "0"}, {**base, "MKL_X": "1"}):
         assert needs_cold_start(["-m", "x"], env, base)
     assert needs_cold_start(["-X", "importtime", "-c", "pass"], base, base)
