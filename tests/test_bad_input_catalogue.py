@@ -655,7 +655,22 @@ def _every_output_writer(w: World) -> dict[str, tuple[list[str], list[str]]]:
     images = ["0.png", "1.png", "2.png"]
     return {
         "evaluate": (_evaluate(w, "o", "--overwrite"), ["scores.csv", "summary.md", "comparison.png"]),
-        "derain": (_derain(w, "o", "--overwrite", "--compare"), [*images, "0_compare.png"]),
+        "derain": (_derain(w, "o", "--overwrite", "--compare", "--score"), [*images, "0_compare.png", "niqe.csv"]),
+        "export": (
+            _tool(
+                "export.py",
+                "--opt",
+                w.derain_options(),
+                "--checkpoint",
+                w.checkpoint("m.pth"),
+                "--out",
+                "o",
+                "--format",
+                "torchscript",
+                "--overwrite",
+            ),
+            ["m.pt"],
+        ),  # fmt: skip
         "analyze": (
             _tool("analyze.py", "base", "erl", "pairs/target", "pairs/input", "--out", "o", "--overwrite"),
             ["per_image.csv", "summary.md", "improvement.png", "hardest/0.png"],
@@ -672,7 +687,9 @@ def _every_output_writer(w: World) -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
-@pytest.mark.parametrize("tool", ["evaluate", "derain", "analyze", "leaderboard", "create_lmdb", "synthesize_rain"])
+@pytest.mark.parametrize(
+    "tool", ["evaluate", "derain", "analyze", "leaderboard", "create_lmdb", "synthesize_rain", "export"]
+)
 def test_no_tool_writes_through_a_link_to_an_input(world: World, tool: str) -> None:
     """Property of the one write path: an output folder whose every output name is a link to an input (even
     listed in the tools' marker, as if an earlier run had written it) stops the tool with a named error, and
