@@ -15,6 +15,7 @@ every hyperparameter, so no other key is allowed.
 """
 
 import copy
+import functools
 import os
 from collections.abc import Mapping
 from types import ModuleType
@@ -86,9 +87,35 @@ def load_pretrained(options: Mapping[str, Any], weights: bool = True) -> tuple[s
             do not fit it, or a ``type`` other than the one recognised.
     """
     path = checkpoint_path(options)
-    spandrel = _spandrel()
+    stat = os.stat(path)
+    version = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
     # On the default device: the options check sizes networks on the meta device, without reading weights.
-    loader = spandrel.ModelLoader(device=torch.get_default_device())
+    architecture, recognised = _recognise(path, version, str(torch.get_default_device()))
+    expected = options.get("type")
+    if expected is not None and expected != architecture:
+        raise ValueError(
+            f"backbone.type: {expected!r}, but spandrel recognises backbone.checkpoint {path!r} as {architecture}; "
+            f"give type: {architecture}, or leave type out"
+        )
+    if weights:
+        network = copy.deepcopy(recognised)
+    else:
+        network = type(recognised)(**copy.deepcopy(recognised.hyperparameters))
+    return architecture, network.train()
+
+
+@functools.lru_cache(maxsize=4)
+def _recognise(path: str, version: tuple[str, int, int], device: str) -> tuple[str, nn.Module]:
+    """spandrel's reading of the checkpoint at ``path`` onto ``device``: ``(architecture id, network)``, kept per
+    file ``version`` (absolute path, modification time, size) and device, since an ERLNet build asks for its
+    backbone several times (the backbone, the residual encoder, the teacher); callers copy the network.
+
+    Raises:
+        ImportError: spandrel is not installed.
+        ValueError: naming the file (see :func:`load_pretrained`).
+    """
+    spandrel = _spandrel()
+    loader = spandrel.ModelLoader(device=torch.device(device))
     try:
         state_dict = loader.load_state_dict_from_file(path)
     except Exception as error:  # torch.load, its restricted unpickler and safetensors each raise their own
@@ -109,17 +136,7 @@ def load_pretrained(options: Mapping[str, Any], weights: bool = True) -> tuple[s
             f"backbone.checkpoint: spandrel recognises the kind of network in {path!r} but cannot build it from "
             f"the file's tensors: {error}"
         ) from None
-    architecture = descriptor.architecture.id
-    expected = options.get("type")
-    if expected is not None and expected != architecture:
-        raise ValueError(
-            f"backbone.type: {expected!r}, but spandrel recognises backbone.checkpoint {path!r} as {architecture}; "
-            f"give type: {architecture}, or leave type out"
-        )
-    network = descriptor.model
-    if not weights:
-        network = type(network)(**copy.deepcopy(network.hyperparameters))
-    return architecture, network.train()
+    return descriptor.architecture.id, descriptor.model
 
 
 def pretrained_architecture(options: Mapping[str, Any]) -> str:

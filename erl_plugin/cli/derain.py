@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+from erl_plugin.cli import add_network_arguments
 from erl_plugin.evaluation.evaluate import checkpoint_from_options, load_network
 from erl_plugin.evaluation.inference import PRECISIONS, derain_paths
 
@@ -32,11 +33,7 @@ from erl_plugin.evaluation.inference import PRECISIONS, derain_paths
 def main(argv: list[str] | None = None) -> int:
     """Derain the inputs; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--opt", required=True, help="options file whose network_g built the checkpoint")
-    parser.add_argument(
-        "--checkpoint",
-        help="BasicSR checkpoint ({'params': state_dict}); default: the options' path.pretrain_network_g",
-    )
+    add_network_arguments(parser)
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders")
     parser.add_argument("--output", required=True, help="output folder (not the folder of an input)")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (default: 512)")

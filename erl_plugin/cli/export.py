@@ -19,6 +19,7 @@ Examples:
 import argparse
 import sys
 
+from erl_plugin.cli import add_network_arguments
 from erl_plugin.evaluation.evaluate import checkpoint_from_options
 from erl_plugin.evaluation.export import (
     FORMATS,
@@ -32,11 +33,7 @@ from erl_plugin.evaluation.export import (
 def main(argv: list[str] | None = None) -> int:
     """Export and check the network; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--opt", required=True, help="options file whose network_g built the checkpoint")
-    parser.add_argument(
-        "--checkpoint",
-        help="BasicSR checkpoint ({'params': state_dict}); default: the options' path.pretrain_network_g",
-    )
+    add_network_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for <name>.pt and <name>.onnx")
     parser.add_argument("--name", help="file name without suffix (default: the checkpoint's, e.g. net_g_latest)")
     parser.add_argument("--format", choices=[*FORMATS, "both"], default="both", help="what to export (default: both)")

@@ -98,15 +98,14 @@ def _gloo_on_cpu() -> None:
 
 def _ddp_without_device_ids() -> None:
     from basicsr.models.base_model import BaseModel
-    from torch.nn.parallel import DistributedDataParallel
+
+    from erl_plugin.models.reliable import cpu_ddp  # what the plugin's own models do
 
     upstream = BaseModel.model_to_device
 
     def model_to_device(self: BaseModel, net: Any) -> Any:
         if self.opt["dist"] and self.device.type == "cpu":
-            return DistributedDataParallel(
-                net.to(self.device), find_unused_parameters=self.opt.get("find_unused_parameters", False)
-            )
+            return cpu_ddp(net, self.opt, self.device)
         return upstream(self, net)
 
     BaseModel.model_to_device = model_to_device

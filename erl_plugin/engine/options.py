@@ -257,7 +257,8 @@ def _space_out_scaled_events(opt: dict[str, Any], total_iter: int, schedulers: l
         values = opt.get(section)
         if isinstance(values, dict) and _is_number(values.get(key)) and values[key] < spacing:
             values[key] = spacing
-    val_freq = (opt.get("val") or {}).get("val_freq") if isinstance(opt.get("val"), dict) else None
+    val = opt.get("val")
+    val_freq = val.get("val_freq") if isinstance(val, dict) else None
     for scheduler in schedulers:
         patience = scheduler.get("patience")
         if scheduler.get("type") == "PlateauLR" and _is_number(patience) and _is_number(val_freq):

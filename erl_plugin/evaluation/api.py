@@ -118,8 +118,9 @@ def load(
     source = Path(options_or_checkpoint)
     if source.suffix.lower() in (".yml", ".yaml"):
         return Derainer(source, checkpoint, **settings)  # type: ignore[arg-type]
-    experiment = source.resolve().parent.parent  # experiments/<name>/models/<file>.pth
-    kept = sorted(experiment.glob("*.yml")) if source.resolve().parent.name == "models" else []
+    models = source.resolve().parent  # experiments/<name>/models/<file>.pth
+    experiment = models.parent
+    kept = sorted(experiment.glob("*.yml")) if models.name == "models" else []
     if len(kept) != 1:
         found = ", ".join(p.name for p in kept) or "none"
         raise OptionsError(

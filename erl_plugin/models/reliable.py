@@ -17,8 +17,10 @@ through it. ``erl-train`` trains BasicSR's own model types (``SRModel``, ...) th
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
@@ -34,6 +36,12 @@ from erl_plugin.utils.resume import (
     restore_rng,
     write_training_state,
 )
+
+
+def cpu_ddp(net: nn.Module, opt: Mapping[str, Any], device: torch.device) -> DistributedDataParallel:
+    """``net`` on ``device`` wrapped in DDP without ``device_ids`` (BasicSR passes the current CUDA device,
+    which does not exist on a CPU)."""
+    return DistributedDataParallel(net.to(device), find_unused_parameters=opt.get("find_unused_parameters", False))
 
 
 class ReliableTraining(BaseModel):
@@ -56,8 +64,7 @@ class ReliableTraining(BaseModel):
     def model_to_device(self, net: nn.Module) -> nn.Module:
         """BasicSR's, except that DDP on the CPU wraps without ``device_ids``."""
         if self.opt["dist"] and self.device.type == "cpu":
-            find_unused = self.opt.get("find_unused_parameters", False)
-            return DistributedDataParallel(net.to(self.device), find_unused_parameters=find_unused)
+            return cpu_ddp(net, self.opt, self.device)
         return super().model_to_device(net)
 
     @master_only

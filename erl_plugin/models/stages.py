@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from erl_plugin.archs.pretrained import is_pretrained
 from erl_plugin.models.schedulers import build_scheduler, check_plateau_metric
 from erl_plugin.models.validation import first_validation_phase
 
@@ -124,8 +125,7 @@ def _backbone_trained(opt: Mapping[str, Any]) -> bool:
     restorer) or ``path.pretrain_network_g``."""
     network_g = opt.get("network_g")
     backbone = network_g.get("backbone") if isinstance(network_g, Mapping) else None
-    pretrained = isinstance(backbone, Mapping) and bool(backbone.get("checkpoint"))
-    return pretrained or bool((opt.get("path") or {}).get("pretrain_network_g"))
+    return is_pretrained(backbone) or bool((opt.get("path") or {}).get("pretrain_network_g"))
 
 
 def _skip_stages(layout: list[dict[str, Any]], backbone_trained: bool) -> list[dict[str, Any]]:
